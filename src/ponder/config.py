@@ -1,0 +1,92 @@
+"""Config dataclasses: one per algorithm and trainer, each field with help text, validated in
+``__post_init__``, loadable from YAML and overridable on the command line (``--field value``)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+
+from .errors import PonderError
+
+
+def option(default: Any, help: str, **kw) -> Any:
+    """A dataclass field that carries its help text (shown by ``ponder ... --help``)."""
+    return dataclasses.field(default=default, metadata={"help": help, **kw})
+
+
+def check_positive(cfg: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(cfg, name)
+        if value is None or value <= 0:
+            raise PonderError(f"--{name.replace('_', '-')} must be > 0, got {value}")
+
+
+def check_literals(cfg: Any) -> None:
+    """Validate every ``Literal[...]`` field of a config, with a clear error for anything else."""
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        if get_origin(hints[f.name]) is Literal:
+            allowed = get_args(hints[f.name])
+            if getattr(cfg, f.name) not in allowed:
+                raise PonderError(
+                    f"--{f.name.replace('_', '-')}: {getattr(cfg, f.name)!r} is not one of {', '.join(map(str, allowed))}"
+                )
+
+
+def _parse_scalar(kind: Any):
+    if kind is bool:
+        return lambda s: s.lower() in ("1", "true", "yes", "on")
+    if get_origin(kind) is Literal:
+        return str
+    if get_origin(kind) in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        inner = [a for a in get_args(kind) if a is not type(None)]
+        return _parse_scalar(inner[0])
+    return kind if kind in (int, float, str) else str
+
+
+def add_config_args(parser: argparse.ArgumentParser, cls: type) -> None:
+    """Add one ``--field`` option per field of config class ``cls`` (default: the field's default)."""
+    hints = typing.get_type_hints(cls)
+    group = parser.add_argument_group(f"{cls.__name__} options")
+    for f in dataclasses.fields(cls):
+        kind = hints[f.name]
+        extra = {}
+        if get_origin(kind) is Literal:
+            extra["metavar"] = "{" + ",".join(map(str, get_args(kind))) + "}"
+        group.add_argument(
+            f"--{f.name.replace('_', '-')}",
+            dest=f"cfg_{f.name}",
+            type=_parse_scalar(kind),
+            default=None,
+            help=f"{f.metadata.get('help', '')} (default: {f.default})",
+            **extra,
+        )
+
+
+def config_from(cls: type, args: argparse.Namespace | None = None, yaml_path: str | Path | None = None, **overrides):
+    """Build ``cls`` from defaults < YAML file < command-line options < keyword overrides."""
+    values: dict[str, Any] = {}
+    if yaml_path:
+        path = Path(yaml_path)
+        if not path.is_file():
+            raise PonderError(f"config file not found: {path}")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise PonderError(f"{path}: expected a mapping of option: value")
+        values.update(loaded)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - names
+    if unknown:
+        raise PonderError(f"{yaml_path}: unknown option(s) for {cls.__name__}: {', '.join(sorted(unknown))}")
+    if args is not None:
+        for name in names:
+            v = getattr(args, f"cfg_{name}", None)
+            if v is not None:
+                values[name] = v
+    values.update({k: v for k, v in overrides.items() if k in names and v is not None})
+    return cls(**values)

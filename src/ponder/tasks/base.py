@@ -1,0 +1,138 @@
+"""The Task protocol: problems + prompt format + step rule + answer extraction + verifier.
+
+A *state* is a problem plus the reasoning steps written so far. Each step is the exact text the model
+wrote, ending with the task's step stop string (a newline for every built-in task), so
+``prompt + "".join(steps)`` is the text the model continues from.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+from ..errors import PonderError
+
+Split = Literal["train", "test"]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem. ``reference`` is the gold answer when the task has one (Game of 24 has none)."""
+
+    id: str
+    question: str
+    reference: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+
+class Task(ABC):
+    """What a search needs to know about a kind of problem."""
+
+    name: str = ""
+    #: a step ends when the model writes one of these (the stop string stays in the step's text)
+    step_stop: tuple[str, ...] = ("\n",)
+    #: most tokens one step may take
+    max_step_tokens: int = 48
+    #: a trace is terminal after this many steps, answered or not
+    max_steps: int = 8
+    #: whether answers are voted on by self-consistency (Game of 24 answers are always "24")
+    votable: bool = True
+
+    # --- data -------------------------------------------------------------------------------------
+    @abstractmethod
+    def problems(self, split: Split) -> list[Problem]:
+        """The problems of a split; raises ``PonderError`` if the split is empty or unknown."""
+
+    def imagine(self, n: int, seed: int) -> list[Problem]:
+        """New training problems, never one of the test split. Tasks that cannot imagine raise."""
+        raise PonderError(f"task {self.name!r} cannot imagine new problems")
+
+    def bootstrap_texts(self, n: int, seed: int) -> list[str]:
+        """Synthetic training texts (prompt + steps + end) for a model trained from scratch."""
+        raise PonderError(f"task {self.name!r} has no synthetic traces for bootstrapping a model")
+
+    # --- format -----------------------------------------------------------------------------------
+    @abstractmethod
+    def prompt(self, problem: Problem) -> str:
+        """The plain-text prompt a base or from-scratch model continues with steps."""
+
+    def chat_messages(self, problem: Problem) -> list[dict[str, str]]:
+        """The messages for an instruct model with a chat template (the steps follow the assistant tag)."""
+        return [{"role": "user", "content": self.prompt(problem)}]
+
+    def split_steps(self, text: str) -> list[str]:
+        """Cut a whole completion into steps at the stop strings, keeping each stop string.
+
+        A stop string ends a step only once the step has content, as in the step sampler, so blank
+        lines join the step that follows them.
+        """
+        steps: list[str] = []
+        start = pos = 0
+        while True:
+            hits = [(i, s) for s in self.step_stop if (i := text.find(s, pos)) >= 0]
+            if not hits:
+                break
+            i, stop = min(hits)
+            pos = i + len(stop)
+            if text[start:i].strip():
+                steps.append(text[start:pos])
+                start = pos
+        if text[start:].strip():
+            steps.append(text[start:])
+        return steps
+
+    # --- checking ---------------------------------------------------------------------------------
+    @abstractmethod
+    def answer(self, problem: Problem, steps: Sequence[str]) -> str | None:
+        """The final answer written in ``steps``, or None if there is none yet."""
+
+    @abstractmethod
+    def reward(self, problem: Problem, steps: Sequence[str]) -> float:
+        """The verifier: a reward in [0, 1] for a finished trace (1 = correct)."""
+
+    def is_terminal(self, problem: Problem, steps: Sequence[str]) -> bool:
+        """A trace ends when it has an answer or reaches ``max_steps``."""
+        return len(steps) >= self.max_steps or self.answer(problem, steps) is not None
+
+
+def read_jsonl(path: str | Path, required: Sequence[str]) -> list[dict]:
+    """Read a JSONL file; a malformed line or a missing key is a one-line error naming file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise PonderError(f"data file not found: {path}")
+    rows = []
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise PonderError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise PonderError(f"{path}:{lineno}: expected a JSON object")
+            missing = [k for k in required if k not in row]
+            if missing:
+                raise PonderError(f"{path}:{lineno}: missing key(s) {', '.join(missing)}")
+            rows.append(row)
+    if not rows:
+        raise PonderError(f"{path}: no problems in file")
+    return rows
+
+
+def shared_data_dir() -> Path | None:
+    """``../shared/data`` next to the repository, or ``$PONDER_DATA``, where the benchmark files live."""
+    import os
+
+    env = os.environ.get("PONDER_DATA")
+    candidates = [Path(env)] if env else []
+    here = Path(__file__).resolve()
+    candidates += [p / "shared" / "data" for p in here.parents]
+    candidates += [Path.cwd() / ".." / "shared" / "data", Path.cwd() / "shared" / "data"]
+    for c in candidates:
+        if c.is_dir():
+            return c
+    return None
