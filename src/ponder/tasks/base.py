@@ -54,6 +54,10 @@ class Task(ABC):
         """Synthetic training texts (prompt + steps + end) for a model trained from scratch."""
         raise PonderError(f"task {self.name!r} has no synthetic traces for bootstrapping a model")
 
+    def parse_problem(self, text: str) -> Problem:
+        """A problem typed on the command line (``ponder solve``)."""
+        return Problem(id="cli", question=text.strip())
+
     # --- format -----------------------------------------------------------------------------------
     @abstractmethod
     def prompt(self, problem: Problem) -> str:

@@ -226,6 +226,15 @@ class Game24(Task):
             out.append(self.prompt(self._problem(nums, "")) + "".join(self.random_trace(nums, rng)))
         return out
 
+    def parse_problem(self, text: str) -> Problem:
+        try:
+            nums = [int(x) for x in text.replace(",", " ").split()]
+        except ValueError:
+            nums = []
+        if len(nums) != 4:
+            raise PonderError(f"game24: a puzzle is four whole numbers, like '4 9 10 13'; got {text!r}")
+        return self._problem(nums, "cli")
+
     def prompt(self, problem: Problem) -> str:
         return problem.question + "\n"
 

@@ -1,0 +1,188 @@
+"""The ``ponder`` command line: train, solve, eval.
+
+Every user mistake (unknown task/method/model, missing file, bad option value) is one line on stderr
+and exit code 2; nothing already written is lost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from pathlib import Path
+
+from .config import add_config_args, config_from
+from .errors import PonderError
+from .tasks import TASKS
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse's own errors: one line, exit 2
+        raise PonderError(message)
+
+
+def _positive_int(name: str):
+    def parse(s: str) -> int:
+        try:
+            v = int(s)
+        except ValueError:
+            raise PonderError(f"--{name} must be a whole number, got {s!r}") from None
+        if v <= 0:
+            raise PonderError(f"--{name} must be > 0, got {v}")
+        return v
+
+    return parse
+
+
+def _add_task_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", default="game24", help=f"one of: {', '.join(TASKS)} (default: game24)")
+    p.add_argument("--data", help="your own problem file in the task's format (JSONL, or CSV for game24)")
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="a model folder, a .gguf file, or 'smollm2'")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
+
+
+def _method_configs():
+    from .search import METHODS
+
+    seen, out = set(), []
+    for m in METHODS.values():
+        if m.config not in seen:
+            seen.add(m.config)
+            out.append(m.config)
+    return out
+
+
+def _add_method_args(p: argparse.ArgumentParser) -> None:
+    from .critics import CRITICS
+    from .search import METHODS
+
+    p.add_argument("--method", default="greedy", help=f"one of: {', '.join(METHODS)} (default: greedy)")
+    p.add_argument("--critic", default="verifier", help=f"critic for methods that rank: {', '.join(CRITICS)}")
+    p.add_argument("--config", help="YAML file with the method's options (command-line options win)")
+    names: set[str] = set()
+    for cls in _method_configs():  # options shared by several methods are added once
+        fields = [f for f in dataclasses.fields(cls) if f.name not in names]
+        names |= {f.name for f in fields}
+        if fields:
+            add_config_args(p, dataclasses.make_dataclass(cls.__name__, [(f.name, f.type, f) for f in fields]))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="ponder", description="Search over a language model's reasoning steps, guided by critics.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    from .models.tiny import TinyConfig
+    from .train import SFTConfig
+
+    t = sub.add_parser("train", help="bootstrap a tiny model from scratch on the task's synthetic traces")
+    _add_task_args(t)
+    t.add_argument("--out", required=True, help="model folder to write")
+    t.add_argument("--init", help="start from this model folder instead of a fresh tiny model")
+    add_config_args(t, SFTConfig)
+    add_config_args(t, TinyConfig)
+
+    s = sub.add_parser("solve", help="solve one problem given on the command line")
+    s.add_argument("problem", help="the problem, e.g. '4 9 10 13' for game24")
+    _add_task_args(s)
+    _add_model_args(s)
+    _add_method_args(s)
+    s.add_argument("--seed", type=int, default=0)
+
+    e = sub.add_parser("eval", help="evaluate a method on a split; one JSONL line per problem")
+    _add_task_args(e)
+    _add_model_args(e)
+    _add_method_args(e)
+    e.add_argument("--split", default="test", choices=["train", "test"])
+    e.add_argument("--limit", type=_positive_int("limit"), help="first N problems of the split")
+    e.add_argument("--batch", type=_positive_int("batch"), default=32, help="problems searched together (default 32)")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--out", help="JSONL run file (appended to and resumed; default: runs/eval/TASK-METHOD.jsonl)")
+    e.add_argument("--save-trees", action="store_true", help="store each problem's search tree in its row")
+    e.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def cmd_train(args) -> None:
+    import torch
+
+    from .models.tiny import TinyConfig, tiny_model
+    from .tasks import get_task
+    from .train import SFTConfig, train_sft
+
+    task = get_task(args.task, args.data)
+    cfg = config_from(SFTConfig, args)
+    if args.init:
+        from .models import load_policy
+
+        pol = load_policy(args.init)
+        model, tok = pol.model, pol.tokenizer
+    else:
+        model, tok = tiny_model(config_from(TinyConfig, args), seed=cfg.seed)
+    print(f"training {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters on {task.name} synthetic traces, "
+          f"{cfg.steps} steps x {cfg.batch_size} (torch threads: {torch.get_num_threads()})")
+    losses = train_sft(model, tok, lambda n, step: task.bootstrap_texts(n, cfg.seed * 1_000_003 + step), cfg, Path(args.out))
+    print(f"final loss {losses[-1]:.4f}; model written to {args.out} (loss curve: {args.out}/loss.png)")
+
+
+def _setup(args):
+    from .critics import get_critic
+    from .models import load_policy
+    from .search import get_method
+    from .tasks import get_task
+
+    task = get_task(args.task, args.data)
+    method = get_method(args.method)
+    cfg = config_from(method.config, args, args.config)
+    critic = get_critic(args.critic, task) if method.needs_critic else None
+    policy = load_policy(args.model, device=args.device, dtype=args.dtype, seed=args.seed)
+    return task, method, cfg, critic, policy
+
+
+def cmd_solve(args) -> None:
+    from .search import SearchEnv
+
+    task, method, cfg, critic, policy = _setup(args)
+    problem = task.parse_problem(args.problem)
+    [r] = method.run([problem], SearchEnv(policy, task, critic), cfg)
+    print("".join(r.steps), end="" if r.steps and r.steps[-1].endswith("\n") else "\n")
+    verdict = f"  reward {task.reward(problem, r.steps):.0f}" if task.name == "game24" else ""
+    c = r.compute
+    print(f"answer: {r.answer}{verdict}  ({c.tokens_generated} tokens generated, {c.tokens_read} read, {c.seconds:.2f}s)")
+
+
+def cmd_eval(args) -> None:
+    from .evaluate import Summary, run_eval
+
+    task, method, cfg, critic, policy = _setup(args)
+    problems = task.problems(args.split)[: args.limit]
+    out = Path(args.out or f"runs/eval/{task.name}-{args.split}-{args.method}.jsonl")
+    settings = {"task": task.name, "data": args.data, "split": args.split, "model": args.model, "seed": args.seed,
+                "critic": args.critic if method.needs_critic else None}
+    summary, _ = run_eval(task, policy, args.method, cfg, problems, out, critic, args.batch, args.seed, settings,
+                            not args.quiet, args.save_trees)
+    print(Summary.HEADER)
+    print(summary.row())
+    print(f"rows: {out}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        args = build_parser().parse_args(argv)
+        {"train": cmd_train, "solve": cmd_solve, "eval": cmd_eval}[args.command](args)
+    except PonderError as e:
+        print(f"ponder: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ponder: interrupted; finished rows are kept and a rerun resumes", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

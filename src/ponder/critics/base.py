@@ -1,0 +1,37 @@
+"""The critic protocol: score a batch of states, one float per state (higher = better)."""
+
+from __future__ import annotations
+
+from typing import Protocol, Sequence, runtime_checkable
+
+from ..errors import PonderError
+from ..tasks import Problem, Task
+
+
+@runtime_checkable
+class Critic(Protocol):
+    name: str
+
+    def score(self, problems: Sequence[Problem], steps: Sequence[Sequence[str]]) -> list[float]:
+        """One score per (problem, steps so far) state, in one batched call."""
+        ...
+
+
+class Verifier:
+    """The task's own verifier as a critic: the outcome reward of a finished trace, 0 otherwise."""
+
+    name = "verifier"
+
+    def __init__(self, task: Task):
+        self.task = task
+
+    def score(self, problems: Sequence[Problem], steps: Sequence[Sequence[str]]) -> list[float]:
+        return [self.task.reward(p, s) for p, s in zip(problems, steps)]
+
+
+def checked_scores(critic: Critic, problems: Sequence[Problem], steps: Sequence[Sequence[str]]) -> list[float]:
+    """Call a critic and check it kept its side of the protocol (one finite float per state)."""
+    scores = list(critic.score(problems, steps))
+    if len(scores) != len(problems):
+        raise PonderError(f"critic {critic.name!r} returned {len(scores)} scores for {len(problems)} states")
+    return [float(s) for s in scores]

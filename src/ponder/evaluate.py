@@ -1,0 +1,159 @@
+"""``ponder eval``: run a search method over a split, one JSONL line per problem as it finishes.
+
+The run file is append-only and resumable: a rerun with the same settings skips the problems already
+written (a torn last line from a crash is dropped), and a rerun with other settings is refused, so
+a finished problem is never lost or counted twice. ``FILE.meta.json`` holds the settings.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+from .compute import Compute
+from .errors import PonderError
+from .models import Policy
+from .search import SearchEnv, SearchResult, get_method
+from .tasks import Problem, Task
+
+
+@dataclass(frozen=True)
+class Summary:
+    method: str
+    problems: int
+    accuracy: float
+    tokens_generated: float  # mean per problem
+    tokens_read: float  # mean per problem
+    seconds: float  # total
+
+    def row(self) -> str:
+        return (
+            f"| {self.method} | {self.problems} | {100 * self.accuracy:.1f}% | {self.tokens_generated:,.0f} "
+            f"| {self.tokens_read:,.0f} | {self.seconds:.1f} |"
+        )
+
+    HEADER = "| method | problems | accuracy | tokens generated / problem | tokens read / problem | seconds |\n|---|---|---|---|---|---|"
+
+
+def result_row(task: Task, method: str, r: SearchResult, tree: bool = False) -> dict[str, Any]:
+    row = {
+        "problem_id": r.problem.id,
+        "question": r.problem.question,
+        "reference": r.problem.reference,
+        "method": method,
+        "answer": r.answer,
+        "correct": task.reward(r.problem, r.steps),
+        "steps": list(r.steps),
+        "compute": r.compute.to_dict(),
+        "info": r.info,
+        "tree_size": r.tree.size(),
+    }
+    if tree:
+        row["tree"] = r.tree.to_dict()
+    return row
+
+
+def read_rows(path: Path) -> list[dict]:
+    """Rows of a run file; a torn final line (a crash mid-write) is cut off the file."""
+    if not path.exists():
+        return []
+    rows, good_bytes = [], 0
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                rows.append(json.loads(raw))
+            except json.JSONDecodeError:
+                if fh.read(1):  # not the last line: the file is damaged, not torn
+                    raise PonderError(f"{path}:{lineno}: malformed line in run file") from None
+                break
+            good_bytes += len(raw)
+    if good_bytes < path.stat().st_size:
+        with path.open("r+b") as fh:
+            fh.truncate(good_bytes)
+    return rows
+
+
+def summarize(method: str, rows: Sequence[dict], seconds: float | None = None) -> Summary:
+    n = len(rows)
+    total = Compute.total(Compute(**r["compute"]) for r in rows)
+    return Summary(
+        method,
+        n,
+        sum(r["correct"] for r in rows) / max(1, n),
+        total.tokens_generated / max(1, n),
+        total.tokens_read / max(1, n),
+        total.seconds if seconds is None else seconds,
+    )
+
+
+def run_eval(
+    task: Task,
+    policy: Policy,
+    method: str,
+    config: Any,
+    problems: Sequence[Problem],
+    out: Path | None,
+    critic=None,
+    batch: int = 32,
+    seed: int = 0,
+    settings: dict | None = None,
+    progress: bool = True,
+    save_trees: bool = False,
+) -> tuple[Summary, list[dict]]:
+    """Run ``method`` over ``problems`` in batches; rows are appended to ``out`` as each batch finishes.
+
+    ``save_trees`` adds each problem's whole search tree to its row (for ``ponder view`` and analysis).
+    """
+    from tqdm import tqdm
+
+    if batch <= 0:
+        raise PonderError(f"--batch must be > 0, got {batch}")
+    m = get_method(method)
+    env = SearchEnv(policy, task, critic)
+    rows: list[dict] = []
+    if out is not None:
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        meta = {"method": method, "config": asdict(config), **(settings or {})}
+        meta_path = out.with_name(out.name + ".meta.json")
+        if meta_path.exists() and out.exists():
+            old = json.loads(meta_path.read_text())
+            keys = set(meta) - {"started"}
+            if {k: old.get(k) for k in keys} != {k: meta[k] for k in keys}:
+                raise PonderError(f"{out} was written with other settings ({meta_path}); use another --out")
+        else:
+            meta["started"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            meta["machine"] = f"{platform.machine()} {platform.processor() or ''} {platform.system()}".strip()
+            meta_path.write_text(json.dumps(meta, indent=2))
+        rows = read_rows(out)
+    done = {r["problem_id"] for r in rows}
+    todo = [p for p in problems if p.id not in done]
+    if hasattr(policy, "seed"):
+        policy.seed(seed + len(done))
+    t0 = time.time()
+    bar = tqdm(total=len(problems), initial=len(problems) - len(todo), desc=method, disable=not progress, dynamic_ncols=True)
+    fh = out.open("a") if out is not None else None
+    try:
+        for i in range(0, len(todo), batch):
+            results = m.run(todo[i : i + batch], env, config)
+            for r in results:
+                row = result_row(task, method, r, save_trees)
+                rows.append(row)
+                if fh:
+                    fh.write(json.dumps(row) + "\n")
+            if fh:
+                fh.flush()
+            bar.update(len(results))
+            bar.set_postfix(acc=f"{sum(r['correct'] for r in rows) / len(rows):.2f}")
+    finally:
+        bar.close()
+        if fh:
+            fh.close()
+    wanted = {p.id for p in problems}
+    rows = [r for r in rows if r["problem_id"] in wanted]
+    return summarize(method, rows), rows

@@ -1,0 +1,36 @@
+"""Search over reasoning steps. Every method has the signature
+``method(problems, env, config) -> list[SearchResult]`` and builds the same ``Node`` tree."""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+from ..errors import PonderError
+from .best_of_n import BestOfNConfig, best_of_n
+from .env import SearchEnv, State
+from .result import SearchResult
+from .sampling import GreedyConfig, SamplingConfig, greedy, sampling, self_consistency
+from .tree import Node
+
+
+class Method(NamedTuple):
+    run: Callable
+    config: type
+    needs_critic: bool = False
+
+
+METHODS: dict[str, Method] = {
+    "greedy": Method(greedy, GreedyConfig),
+    "sampling": Method(sampling, SamplingConfig),
+    "self-consistency": Method(self_consistency, SamplingConfig),
+    "best-of-n": Method(best_of_n, BestOfNConfig, needs_critic=True),
+}
+
+
+def get_method(name: str) -> Method:
+    if name not in METHODS:
+        raise PonderError(f"unknown method {name!r}; choose one of: {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+__all__ = ["METHODS", "Method", "Node", "SearchEnv", "SearchResult", "State", "get_method"]
