@@ -130,25 +130,30 @@ def cmd_train(args) -> None:
 
 
 def _setup(args):
+    """Task, method, config and critic: everything checked before the (slow) model load."""
     from .critics import get_critic
-    from .models import load_policy
     from .search import get_method
     from .tasks import get_task
 
     task = get_task(args.task, args.data)
     method = get_method(args.method)
-    cfg = config_from(method.config, args, args.config)
+    cfg = config_from(method.config, args, args.config, exclusive=True)
     critic = get_critic(args.critic, task) if method.needs_critic else None
-    policy = load_policy(args.model, device=args.device, dtype=args.dtype, seed=args.seed)
-    return task, method, cfg, critic, policy
+    return task, method, cfg, critic
+
+
+def _policy(args):
+    from .models import load_policy
+
+    return load_policy(args.model, device=args.device, dtype=args.dtype, seed=args.seed)
 
 
 def cmd_solve(args) -> None:
     from .search import SearchEnv
 
-    task, method, cfg, critic, policy = _setup(args)
+    task, method, cfg, critic = _setup(args)
     problem = task.parse_problem(args.problem)
-    [r] = method.run([problem], SearchEnv(policy, task, critic), cfg)
+    [r] = method.run([problem], SearchEnv(_policy(args), task, critic), cfg)
     print("".join(r.steps), end="" if r.steps and r.steps[-1].endswith("\n") else "\n")
     verdict = f"  reward {task.reward(problem, r.steps):.0f}" if task.name == "game24" else ""
     c = r.compute
@@ -158,8 +163,9 @@ def cmd_solve(args) -> None:
 def cmd_eval(args) -> None:
     from .evaluate import Summary, run_eval
 
-    task, method, cfg, critic, policy = _setup(args)
+    task, method, cfg, critic = _setup(args)
     problems = task.problems(args.split)[: args.limit]
+    policy = _policy(args)
     out = Path(args.out or f"runs/eval/{task.name}-{args.split}-{args.method}.jsonl")
     settings = {"task": task.name, "data": args.data, "split": args.split, "model": args.model, "seed": args.seed,
                 "critic": args.critic if method.needs_critic else None}

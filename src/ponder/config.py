@@ -68,8 +68,14 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type) -> None:
         )
 
 
-def config_from(cls: type, args: argparse.Namespace | None = None, yaml_path: str | Path | None = None, **overrides):
-    """Build ``cls`` from defaults < YAML file < command-line options < keyword overrides."""
+def config_from(
+    cls: type, args: argparse.Namespace | None = None, yaml_path: str | Path | None = None, exclusive: bool = False, **overrides
+):
+    """Build ``cls`` from defaults < YAML file < command-line options < keyword overrides.
+
+    ``exclusive``: the parser's config options all belong to alternatives of ``cls`` (e.g. the
+    options of every search method), so one that ``cls`` lacks is an error rather than ignored.
+    """
     values: dict[str, Any] = {}
     if yaml_path:
         path = Path(yaml_path)
@@ -84,9 +90,11 @@ def config_from(cls: type, args: argparse.Namespace | None = None, yaml_path: st
     if unknown:
         raise PonderError(f"{yaml_path}: unknown option(s) for {cls.__name__}: {', '.join(sorted(unknown))}")
     if args is not None:
-        for name in names:
-            v = getattr(args, f"cfg_{name}", None)
-            if v is not None:
+        given = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_") and v is not None}
+        for name, v in given.items():
+            if name in names:
                 values[name] = v
+            elif exclusive:
+                raise PonderError(f"--{name.replace('_', '-')} does not apply here ({cls.__name__} has no such option)")
     values.update({k: v for k, v in overrides.items() if k in names and v is not None})
     return cls(**values)

@@ -59,22 +59,27 @@ def result_row(task: Task, method: str, r: SearchResult, tree: bool = False) -> 
 
 
 def read_rows(path: Path) -> list[dict]:
-    """Rows of a run file; a torn final line (a crash mid-write) is cut off the file."""
+    """Rows of a run file. A torn final line (a crash mid-write) is cut off; a final row that lost only
+    its newline gets it back, so the next append starts on a line of its own."""
     if not path.exists():
         return []
-    rows, good_bytes = [], 0
-    with path.open("rb") as fh:
-        for lineno, raw in enumerate(fh, 1):
-            try:
-                rows.append(json.loads(raw))
-            except json.JSONDecodeError:
-                if fh.read(1):  # not the last line: the file is damaged, not torn
-                    raise PonderError(f"{path}:{lineno}: malformed line in run file") from None
-                break
-            good_bytes += len(raw)
-    if good_bytes < path.stat().st_size:
-        with path.open("r+b") as fh:
-            fh.truncate(good_bytes)
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    rows = []
+    for lineno, raw in enumerate(lines, 1):
+        if not raw.strip():
+            continue
+        try:
+            rows.append(json.loads(raw))
+        except json.JSONDecodeError:
+            if lineno < len(lines):  # not the last line: the file is damaged, not torn
+                raise PonderError(f"{path}:{lineno}: malformed line in run file") from None
+            with path.open("r+b") as fh:
+                fh.truncate(len(data) - len(raw))
+            return rows
+    if data and not data.endswith(b"\n"):
+        with path.open("ab") as fh:
+            fh.write(b"\n")
     return rows
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Protocol, Sequence, runtime_checkable
 
 from ..errors import PonderError
@@ -34,4 +35,7 @@ def checked_scores(critic: Critic, problems: Sequence[Problem], steps: Sequence[
     scores = list(critic.score(problems, steps))
     if len(scores) != len(problems):
         raise PonderError(f"critic {critic.name!r} returned {len(scores)} scores for {len(problems)} states")
-    return [float(s) for s in scores]
+    scores = [float(s) for s in scores]
+    if not all(math.isfinite(s) for s in scores):
+        raise PonderError(f"critic {critic.name!r} returned a non-finite score: {scores}")
+    return scores

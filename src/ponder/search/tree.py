@@ -102,7 +102,7 @@ class Node:
 
     @classmethod
     def from_dict(cls, d: dict, parent: "Node | None" = None) -> "Node":
-        if not isinstance(d, dict) or "id" not in d or "children" not in d:
+        if not isinstance(d, dict) or "id" not in d or not isinstance(d.get("children"), list):
             raise PonderError("not a ponder tree: expected an object with 'id' and 'children'")
         node = cls(**{k: d[k] for k in cls._FIELDS if k in d}, parent=parent)
         node.children = [cls.from_dict(c, node) for c in d["children"]]

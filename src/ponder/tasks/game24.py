@@ -138,7 +138,7 @@ class Game24(Task):
         self._rows = self._load(self.data)
 
     @staticmethod
-    def _load(path: Path | None) -> list[tuple[int | None, tuple[int, ...]]]:
+    def _load(path: Path | None) -> list[tuple[int, tuple[int, ...]]]:
         if path is None:
             text = resources.files("ponder.tasks").joinpath("data/game24.csv").read_text()
             where = "game24.csv"
@@ -150,26 +150,27 @@ class Game24(Task):
         if not reader.fieldnames or "Puzzles" not in reader.fieldnames:
             raise PonderError(f"{where}: expected a CSV with a 'Puzzles' column (four numbers per row)")
         rows = []
-        for lineno, row in enumerate(reader, 2):
+        for row in reader:
+            lineno = reader.line_num
             try:
-                nums = tuple(int(x) for x in row["Puzzles"].split())
+                nums = tuple(int(x) for x in (row["Puzzles"] or "").split())
                 rank = int(row["Rank"]) if row.get("Rank") else None
             except ValueError:
                 raise PonderError(f"{where}:{lineno}: malformed row {row['Puzzles']!r}") from None
             if len(nums) != 4:
                 raise PonderError(f"{where}:{lineno}: expected four numbers, got {row['Puzzles']!r}")
-            rows.append((rank, nums))
+            rows.append((rank if rank is not None else -lineno, nums))
         if not rows:
             raise PonderError(f"{where}: no puzzles in file")
         return rows
 
     def problems(self, split: Split) -> list[Problem]:
         lo, hi = {"train": self.train_ranks, "test": self.test_ranks}[split]
-        # A user's own file without ranks is used whole, for either split.
-        rows = [(r, n) for r, n in self._rows if r is None or lo <= r <= hi]
+        # A user's own file without ranks is used whole, for either split (its rows carry -line number).
+        rows = [(r, n) for r, n in self._rows if r < 0 or lo <= r <= hi]
         if not rows:
             raise PonderError(f"game24: the {split} split is empty")
-        return [self._problem(nums, f"game24-{r}" if r else f"game24-{'-'.join(map(str, nums))}") for r, nums in rows]
+        return [self._problem(nums, f"game24-{r}" if r > 0 else f"game24-line{-r}") for r, nums in rows]
 
     @staticmethod
     def _problem(nums: Sequence[int], pid: str) -> Problem:
@@ -178,7 +179,7 @@ class Game24(Task):
     @functools.cached_property
     def test_keys(self) -> frozenset[tuple[int, ...]]:
         lo, hi = self.test_ranks
-        return frozenset(n for r, n in self._rows if r is not None and lo <= r <= hi)
+        return frozenset(n for r, n in self._rows if lo <= r <= hi)
 
     def _random_puzzle(self, rng: random.Random) -> tuple[int, ...]:
         while True:
