@@ -7,10 +7,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from ponder.errors import PonderError
 from ponder.models.base import SamplingParams
 from ponder.models.fast_llama import FastLlama, supports, unsupported_reason
 from ponder.models.sampler import HFDecoder, StopRule, cut_at_stop, decoder_for, left_pad, sample_steps
-from ponder.models.tiny import TinyConfig, tiny_model
+from ponder.models.tiny import TinyConfig, char_tokenizer, tiny_model
 
 TEXTS = ["4 5 6 10\n", "1 1\n", "12 3 3 8\nabc", "7\n"]  # different lengths, so rows are left-padded
 
@@ -37,7 +38,7 @@ def gqa():
     """A Llama with grouped-query attention, an untied head and another RoPE base, like SmolLM2."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    _, tok = tiny_model(TinyConfig(hidden_size=64))
+    tok = char_tokenizer()
     config = LlamaConfig(
         vocab_size=len(tok), hidden_size=96, intermediate_size=128, num_hidden_layers=2, num_attention_heads=6,
         num_key_value_heads=2, rope_theta=100000.0, rms_norm_eps=1e-5, tie_word_embeddings=False,
@@ -153,17 +154,24 @@ def test_cache_grows_past_its_reservation(gqa):
 def test_unsupported_models_fall_back_to_transformers():
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    class AdapterLinear(torch.nn.Linear):
+        """Stands for a LoRA or quantized layer: its weight alone is not what it computes."""
+
     small = dict(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+    adapted = LlamaForCausalLM(LlamaConfig(**small))
+    adapted.model.layers[0].self_attn.q_proj = AdapterLinear(16, 16, bias=False)
     cases = {
-        "biases": LlamaConfig(**small, mlp_bias=True),
-        "rope_type": LlamaConfig(**small, rope_parameters={"rope_type": "dynamic", "rope_theta": 1e4, "factor": 2.0}),
-        "hidden_act": LlamaConfig(**small, hidden_act="gelu"),
+        "biases": LlamaForCausalLM(LlamaConfig(**small, mlp_bias=True)),
+        "rope_type": LlamaForCausalLM(
+            LlamaConfig(**small, rope_parameters={"rope_type": "dynamic", "rope_theta": 1e4, "factor": 2.0})
+        ),
+        "hidden_act": LlamaForCausalLM(LlamaConfig(**small, hidden_act="gelu")),
+        "AdapterLinear": adapted,
     }
-    for reason, config in cases.items():
-        model = LlamaForCausalLM(config)
+    for reason, model in cases.items():
         assert reason in unsupported_reason(model)
         assert isinstance(decoder_for(model, hidden=False), HFDecoder)
-        with pytest.raises(Exception, match=reason):
+        with pytest.raises(PonderError, match=reason):
             FastLlama(model)
 
 
@@ -232,6 +240,6 @@ def test_steps_end_at_stop_after_content_at_eos_or_at_max_tokens(tiny, monkeypat
         ("\n\n\n\n\n\n", "length"),  # blank lines never end a step
     ]
     assert [s.num_tokens for s in steps] == [4, 3, 6, 6]
-    assert all(lp == pytest.approx(torch.log_softmax(torch.tensor([5.0] + [0.0] * (len(tok) - 1)), 0)[0].item())
-               for s in steps for lp in s.logprobs)
+    scripted = torch.log_softmax(torch.tensor([5.0] + [0.0] * (len(tok) - 1)), 0)[0].item()
+    assert all(lp == pytest.approx(scripted) for s in steps for lp in s.logprobs)
     assert decoder.batches == [4, 4, 4, 3, 2, 2]  # finished rows are dropped at once

@@ -100,6 +100,10 @@ def load_hf(spec: str, device: str | None = None, dtype: str = "auto", seed: int
         else:
             tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
             model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+            # the weights are already de-quantized to float32; transformers still marks the model as
+            # GGUF-quantized and then refuses to save it
+            model.hf_quantizer = None
+            model.config.__dict__.pop("quantization_config", None)
             tmp = cached.with_name(cached.name + ".tmp")
             model.save_pretrained(tmp)
             tok.save_pretrained(tmp)

@@ -1,0 +1,198 @@
+"""A hand-written forward pass over a loaded ``LlamaForCausalLM``, for the step sampler's decode loop.
+
+Why: with small models (the 3.4M-parameter tiny model, SmolLM2-135M) a decode step through
+transformers costs more in per-call overhead (mask building, module dispatch, ``DynamicCache``
+bookkeeping) than in arithmetic. This module runs the same arithmetic as transformers' Llama, in the
+same order (RMSNorm in float32 then cast back, ``rotate_half`` RoPE, SDPA with a boolean mask), on
+the model's own parameters, with a preallocated KV cache. So greedy tokens match ``generate`` and a
+model trained in place is always seen with its current weights.
+
+Anything it cannot reproduce exactly (biases, other activations, dynamic RoPE, other architectures)
+is refused by ``unsupported_reason`` and the sampler uses the transformers forward instead.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import PonderError
+
+#: RoPE types whose frequencies do not depend on the sequence length, so ``inv_freq`` can be read once
+STATIC_ROPE = ("default", "linear", "llama3", "yarn")
+
+
+def unsupported_reason(model) -> str | None:
+    """Why ``FastLlama`` cannot run ``model`` exactly like transformers does, or None if it can."""
+    from transformers.activations import ACT2FN
+    from transformers.models.llama import modeling_llama as llama
+
+    if type(model) is not llama.LlamaForCausalLM:
+        return f"{type(model).__name__} is not LlamaForCausalLM"
+    c = model.config
+    rope = (getattr(c, "rope_parameters", None) or {}).get("rope_type", "default")
+    if rope not in STATIC_ROPE:
+        return f"rope_type {rope!r} is not one of {STATIC_ROPE}"
+    if c.attention_bias or c.mlp_bias:
+        return "attention or MLP biases"
+    if c.hidden_act != "silu":
+        return f"hidden_act {c.hidden_act!r} is not silu"
+    known = {
+        llama.LlamaForCausalLM, llama.LlamaModel, llama.LlamaDecoderLayer, llama.LlamaAttention, llama.LlamaMLP,
+        llama.LlamaRMSNorm, llama.LlamaRotaryEmbedding, torch.nn.ModuleList, torch.nn.Embedding, torch.nn.Linear,
+        type(ACT2FN["silu"]),
+    }
+    # FastLlama reads plain weights, so a swapped-in module (a LoRA or quantized linear) would be ignored
+    odd = sorted({type(m).__name__ for m in model.modules() if type(m) not in known})
+    if odd:
+        return f"modules it does not know: {', '.join(odd)}"
+    if len({p.device for p in model.parameters()}) != 1:
+        return "parameters spread over several devices"
+    return None
+
+
+def supports(model) -> bool:
+    """Whether the sampler can use ``FastLlama`` for ``model``."""
+    return unsupported_reason(model) is None
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """LlamaRMSNorm: normalised in float32, cast back, then scaled (the order matters for bf16)."""
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(x.dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """transformers' ``rotate_half`` op for op, so that RoPE rounds the same way."""
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class FastLlama:
+    """A batch of rows decoded together: prefill, repeat, select rows, one-token steps.
+
+    The cache is ``k``/``v`` of shape (layers, N, kv_heads, T_max, head_dim). All rows share the
+    column of their next token (prompts are left-padded), ``valid`` (N, T_max) marks real tokens and
+    ``pos`` (N,) is each row's next RoPE position. The cache doubles when a step would overflow it.
+    """
+
+    def __init__(self, model):
+        reason = unsupported_reason(model)
+        if reason is not None:
+            raise PonderError(f"FastLlama cannot run this model: {reason}")
+        c, m = model.config, model.model
+        self.embed = m.embed_tokens.weight  # (V, H)
+        self.lm_head = model.lm_head.weight  # (V, H), the same tensor as embed when tied
+        self.norm = m.norm.weight
+        self.eps = c.rms_norm_eps
+        self.layers = [
+            (
+                layer.input_layernorm.weight,
+                layer.self_attn.q_proj.weight,
+                layer.self_attn.k_proj.weight,
+                layer.self_attn.v_proj.weight,
+                layer.self_attn.o_proj.weight,
+                layer.post_attention_layernorm.weight,
+                layer.mlp.gate_proj.weight,
+                layer.mlp.up_proj.weight,
+                layer.mlp.down_proj.weight,
+            )
+            for layer in m.layers[: c.num_hidden_layers]
+        ]
+        attn = m.layers[0].self_attn
+        self.head_dim = attn.head_dim
+        self.scale = attn.scaling
+        self.kv_heads = c.num_key_value_heads
+        self.groups = c.num_attention_heads // c.num_key_value_heads
+        self.inv_freq = m.rotary_emb.inv_freq.float()  # (head_dim / 2,)
+        self.rope_scale = m.rotary_emb.attention_scaling
+        self.dtype, self.device = self.embed.dtype, self.embed.device
+        self.k = self.v = torch.empty(0)
+        self.valid = self.pos = torch.empty(0)
+        self.t = 0  # cache column of the next token
+
+    def prefill(self, ids: torch.Tensor, mask: torch.Tensor, reserve: int) -> torch.Tensor:
+        """Read left-padded prompts ids (N, L) with mask (N, L); room is kept for ``reserve`` more
+        tokens. Returns the logits (N, V) for each row's next token."""
+        N, L = ids.shape
+        shape = (len(self.layers), N, self.kv_heads, L + reserve, self.head_dim)
+        # left uninitialised (zeroing a large cache costs milliseconds): a column is always written
+        # before attention reads it
+        self.k = torch.empty(shape, dtype=self.dtype, device=self.device)
+        self.v = torch.empty_like(self.k)
+        self.valid = torch.zeros((N, L + reserve), dtype=torch.bool, device=self.device)
+        self.valid[:, :L] = mask.bool()
+        pos = (mask.long().cumsum(-1) - 1).clamp(min=0)  # (N, L)
+        self.pos = pos[:, -1] + 1  # (N,)
+        # a padding query attends to itself only, so no row of the mask is empty (SDPA kernels differ
+        # on empty rows); real queries never see padding keys, so their outputs are unchanged
+        causal = torch.ones((L, L), dtype=torch.bool, device=self.device).tril()  # (L, L)
+        keys = self.valid[:, None, :L] | torch.eye(L, dtype=torch.bool, device=self.device)  # (N, L, L)
+        self.t = 0
+        h = self._forward(ids, pos, (causal & keys)[:, None])  # (N, L, H)
+        self.t = L
+        return F.linear(h[:, -1], self.lm_head)  # (N, V)
+
+    def repeat(self, k: int) -> None:
+        """Each row becomes k consecutive rows (the k samples of a prefix share its prefill)."""
+        self.k, self.v = self.k.repeat_interleave(k, 1), self.v.repeat_interleave(k, 1)
+        self.valid, self.pos = self.valid.repeat_interleave(k, 0), self.pos.repeat_interleave(k, 0)
+
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep only ``rows`` (M,), in that order; finished rows cost nothing afterwards."""
+        used = slice(0, self.t)  # only the filled columns are copied
+        k = self.k.new_empty((*self.k.shape[:1], len(rows), *self.k.shape[2:]))
+        v = torch.empty_like(k)
+        k[:, :, :, used] = self.k[:, rows, :, used]
+        v[:, :, :, used] = self.v[:, rows, :, used]
+        self.k, self.v, self.valid, self.pos = k, v, self.valid[rows], self.pos[rows]
+
+    def step(self, tok: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Feed one token per row, tok (N,). Returns the next logits (N, V) and the last-layer hidden
+        state after the final norm (N, H), like transformers' ``hidden_states[-1]``."""
+        if self.t == self.k.shape[3]:
+            self._grow()
+        self.valid[:, self.t] = True
+        mask = self.valid[:, None, None, : self.t + 1]  # (N, 1, 1, S)
+        h = self._forward(tok[:, None], self.pos[:, None], mask)[:, 0]  # (N, H)
+        self.t += 1
+        self.pos = self.pos + 1
+        return F.linear(h, self.lm_head), h
+
+    def _grow(self) -> None:
+        """Double the cache's columns (the sampler reserves enough up front; this is the fallback)."""
+        self.k = torch.cat([self.k, torch.empty_like(self.k)], dim=3)
+        self.v = torch.cat([self.v, torch.empty_like(self.v)], dim=3)
+        self.valid = torch.cat([self.valid, torch.zeros_like(self.valid)], dim=1)
+
+    def _forward(self, ids: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Run ids (N, T) at positions pos (N, T) whose keys go to cache columns t..t+T-1, attending
+        to columns 0..t+T-1 where mask (N, 1, T, t+T) is True. Returns the normed hidden (N, T, H)."""
+        N, T = ids.shape
+        S, G, D = self.t + T, self.groups, self.head_dim
+        freqs = pos[..., None].float() * self.inv_freq  # (N, T, D/2)
+        emb = torch.cat((freqs, freqs), dim=-1)  # (N, T, D)
+        cos = (emb.cos() * self.rope_scale).to(self.dtype)[:, None, None]  # (N, 1, 1, T, D)
+        sin = (emb.sin() * self.rope_scale).to(self.dtype)[:, None, None]
+        # grouped-query attention without repeating keys: the G query heads that share a kv head
+        # are stacked along the query axis, so the mask is repeated G times instead
+        mask = mask[:, :, None].expand(N, 1, G, T, S).reshape(N, 1, G * T, S)  # (N, 1, G*T, S)
+        x = F.embedding(ids, self.embed)  # (N, T, H)
+        for i, (ln1, wq, wk, wv, wo, ln2, wg, wu, wd) in enumerate(self.layers):
+            h = rms_norm(x, ln1, self.eps)
+            q = F.linear(h, wq).view(N, T, -1, G, D).permute(0, 2, 3, 1, 4)  # (N, KV, G, T, D)
+            k = F.linear(h, wk).view(N, T, -1, 1, D).permute(0, 2, 3, 1, 4)  # (N, KV, 1, T, D)
+            v = F.linear(h, wv).view(N, T, -1, D).transpose(1, 2)  # (N, KV, T, D)
+            q = (q * cos + rotate_half(q) * sin).reshape(N, -1, G * T, D)  # (N, KV, G*T, D)
+            k = (k * cos + rotate_half(k) * sin)[:, :, 0]  # (N, KV, T, D)
+            self.k[i, :, :, self.t : S] = k
+            self.v[i, :, :, self.t : S] = v
+            a = F.scaled_dot_product_attention(
+                q, self.k[i, :, :, :S], self.v[i, :, :, :S], attn_mask=mask, scale=self.scale
+            )  # (N, KV, G*T, D)
+            a = a.view(N, -1, G, T, D).permute(0, 3, 1, 2, 4).reshape(N, T, -1)  # (N, T, KV*G*D)
+            x = x + F.linear(a, wo)
+            h = rms_norm(x, ln2, self.eps)
+            x = x + F.linear(F.silu(F.linear(h, wg)) * F.linear(h, wu), wd)
+        return rms_norm(x, self.norm, self.eps)
