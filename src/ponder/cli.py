@@ -7,7 +7,6 @@ and exit code 2; nothing already written is lost.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -44,6 +43,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="a model folder, a .gguf file, or 'smollm2'")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
+    p.add_argument("--seed", type=int, default=0, help="seed for sampling (and for methods that take one)")
 
 
 def _method_configs():
@@ -65,11 +65,8 @@ def _add_method_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--critic", default="verifier", help=f"critic for methods that rank: {', '.join(CRITICS)}")
     p.add_argument("--config", help="YAML file with the method's options (command-line options win)")
     names: set[str] = set()
-    for cls in _method_configs():  # options shared by several methods are added once
-        fields = [f for f in dataclasses.fields(cls) if f.name not in names]
-        names |= {f.name for f in fields}
-        if fields:
-            add_config_args(p, dataclasses.make_dataclass(cls.__name__, [(f.name, f.type, f) for f in fields]))
+    for cls in _method_configs():
+        names |= add_config_args(p, cls, skip=names)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,7 +88,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_task_args(s)
     _add_model_args(s)
     _add_method_args(s)
-    s.add_argument("--seed", type=int, default=0)
 
     e = sub.add_parser("eval", help="evaluate a method on a split; one JSONL line per problem")
     _add_task_args(e)
@@ -100,7 +96,6 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--split", default="test", choices=["train", "test"])
     e.add_argument("--limit", type=_positive_int("limit"), help="first N problems of the split")
     e.add_argument("--batch", type=_positive_int("batch"), default=32, help="problems searched together (default 32)")
-    e.add_argument("--seed", type=int, default=0)
     e.add_argument("--out", help="JSONL run file (appended to and resumed; default: runs/eval/TASK-METHOD.jsonl)")
     e.add_argument("--save-trees", action="store_true", help="store each problem's search tree in its row")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -137,8 +132,11 @@ def _setup(args):
 
     task = get_task(args.task, args.data)
     method = get_method(args.method)
-    cfg = config_from(method.config, args, args.config, exclusive=True)
+    cfg = config_from(method.config, args, args.config, exclusive=True, seed=getattr(args, "seed", None))
     critic = get_critic(args.critic, task) if method.needs_critic else None
+    if critic is not None and critic.name == "oracle":
+        print(f"note: the {task.name} verifier reads the gold answer; {args.method} with it is an oracle upper bound",
+              file=sys.stderr)
     return task, method, cfg, critic
 
 

@@ -49,11 +49,19 @@ def _parse_scalar(kind: Any):
     return kind if kind in (int, float, str) else str
 
 
-def add_config_args(parser: argparse.ArgumentParser, cls: type) -> None:
-    """Add one ``--field`` option per field of config class ``cls`` (default: the field's default)."""
+def add_config_args(parser: argparse.ArgumentParser, cls: type, skip: set[str] | None = None) -> set[str]:
+    """Add one ``--field`` option per field of config class ``cls`` (default: the field's default),
+    except the names in ``skip`` (options several configs share are added once); returns the names added."""
     hints = typing.get_type_hints(cls)
+    taken = set(parser._option_string_actions)  # e.g. a command's own --seed, which wins
+    fields = [
+        f for f in dataclasses.fields(cls)
+        if f.name not in (skip or set()) and f"--{f.name.replace('_', '-')}" not in taken
+    ]
+    if not fields:
+        return set()
     group = parser.add_argument_group(f"{cls.__name__} options")
-    for f in dataclasses.fields(cls):
+    for f in fields:
         kind = hints[f.name]
         extra = {}
         if get_origin(kind) is Literal:
@@ -66,6 +74,7 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type) -> None:
             help=f"{f.metadata.get('help', '')} (default: {f.default})",
             **extra,
         )
+    return {f.name for f in fields}
 
 
 def config_from(

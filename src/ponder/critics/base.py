@@ -19,12 +19,15 @@ class Critic(Protocol):
 
 
 class Verifier:
-    """The task's own verifier as a critic: the outcome reward of a finished trace, 0 otherwise."""
+    """The task's own verifier as a critic: the outcome reward of a finished trace, 0 otherwise.
 
-    name = "verifier"
+    On a task whose verifier needs the gold answer (``not task.checkable``: GSM8K, MATH, arithmetic)
+    this critic reads the reference, so it is named "oracle" and what it ranks is an upper bound.
+    """
 
     def __init__(self, task: Task):
         self.task = task
+        self.name = "verifier" if task.checkable else "oracle"
 
     def score(self, problems: Sequence[Problem], steps: Sequence[Sequence[str]]) -> list[float]:
         return [self.task.reward(p, s) for p, s in zip(problems, steps)]

@@ -40,6 +40,9 @@ class Task(ABC):
     max_steps: int = 8
     #: whether answers are voted on by self-consistency (Game of 24 answers are always "24")
     votable: bool = True
+    #: whether ``reward`` can check a trace without the gold answer (Game of 24: yes, by arithmetic).
+    #: Where it cannot, a search that reads the verifier is an oracle upper bound, not a test result.
+    checkable: bool = False
 
     # --- data -------------------------------------------------------------------------------------
     @abstractmethod

@@ -1,7 +1,8 @@
 """Game of 24: combine four numbers with + - * / into 24, one operation per step.
 
-A step is one operation on two of the remaining numbers, written ``4 + 8 = 12 (left: 1 6 12)``
-(the "left" list sorted by value). Arithmetic is exact (``fractions.Fraction``), so ``6 / (1 - 3/4)``
+A step is one operation on two of the remaining numbers, written ``4 + 8 = 12 (left: 1 6 12)``:
+the "left" list is the untouched numbers in their current order, then the result. (That order is
+only how traces are written, so a model copies rather than sorts; any order is legal.) Arithmetic is exact (``fractions.Fraction``), so ``6 / (1 - 3/4)``
 works. The puzzles are the 1,362 of Tree of Thoughts (ranked by human solving time); train = ranks
 1-900, test = ranks 901-1000, the 100 puzzles ToT reports on. Ranks 1001-1362 belong to neither.
 
@@ -46,7 +47,7 @@ def apply(a: Fraction, op: str, b: Fraction) -> Fraction | None:
 
 
 def format_step(a: Fraction, op: str, b: Fraction, left: Sequence[Fraction]) -> str:
-    return f"{fmt(a)} {op} {fmt(b)} = {fmt(apply(a, op, b))} (left: {' '.join(fmt(x) for x in sorted(left))})\n"
+    return f"{fmt(a)} {op} {fmt(b)} = {fmt(apply(a, op, b))} (left: {' '.join(fmt(x) for x in left)})\n"
 
 
 def parse_step(line: str) -> tuple[Fraction, str, Fraction, Fraction, list[Fraction]] | None:
@@ -130,6 +131,7 @@ class Game24(Task):
     max_step_tokens = 40
     max_steps = 3
     votable = False
+    checkable = True
     train_ranks = (1, 900)
     test_ranks = (901, 1000)
 
