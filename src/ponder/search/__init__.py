@@ -6,10 +6,14 @@ from __future__ import annotations
 from typing import Callable, NamedTuple
 
 from ..errors import PonderError
+from .astar import AStarConfig, astar
+from .beam import BeamConfig, DVTSConfig, beam, dvts
 from .best_of_n import BestOfNConfig, best_of_n
 from .env import SearchEnv, State
+from .mcts import MCTSConfig, mcts
 from .result import SearchResult
 from .sampling import GreedyConfig, SamplingConfig, greedy, sampling, self_consistency
+from .tot import ToTBFSConfig, ToTDFSConfig, tot_bfs, tot_dfs
 from .tree import Node
 
 
@@ -24,6 +28,12 @@ METHODS: dict[str, Method] = {
     "sampling": Method(sampling, SamplingConfig),
     "self-consistency": Method(self_consistency, SamplingConfig),
     "best-of-n": Method(best_of_n, BestOfNConfig, needs_critic=True),
+    "beam": Method(beam, BeamConfig, needs_critic=True),
+    "dvts": Method(dvts, DVTSConfig, needs_critic=True),
+    "tot-bfs": Method(tot_bfs, ToTBFSConfig, needs_critic=True),
+    "tot-dfs": Method(tot_dfs, ToTDFSConfig, needs_critic=True),
+    "astar": Method(astar, AStarConfig, needs_critic=True),
+    "mcts": Method(mcts, MCTSConfig),
 }
 
 
