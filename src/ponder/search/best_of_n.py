@@ -5,23 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from ..config import check_positive, option
+from ..config import option
 from ..tasks import Problem
 from .env import SearchEnv, State
 from .result import SearchResult
-from .sampling import make_result, sample_traces
+from .sampling import SamplingConfig, make_result, sample_traces
 
 
 @dataclass
-class BestOfNConfig:
+class BestOfNConfig(SamplingConfig):
     """n sampled traces per problem, ranked by a critic."""
 
     n: int = option(16, "traces sampled per problem")
-    temperature: float = option(1.0, "sampling temperature")
-    top_p: float = option(1.0, "nucleus sampling mass (1 = off)")
-
-    def __post_init__(self):
-        check_positive(self, "n", "temperature", "top_p")
 
 
 def best_of_n(problems: Sequence[Problem], env: SearchEnv, cfg: BestOfNConfig) -> list[SearchResult]:

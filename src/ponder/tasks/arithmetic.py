@@ -155,15 +155,13 @@ class Arithmetic(Task):
         return f"Q: {problem.question}\n"
 
     def chat_messages(self, problem: Problem) -> list[dict[str, str]]:
-        example = "Q: 7 + 3 * 2 - 4\n3 * 2 = 6\n7 + 6 = 13\n13 - 4 = 9\nAnswer: 9\n"
-        return [
-            {
-                "role": "user",
-                "content": "Compute the expression step by step. Do multiplications first, then additions and "
-                "subtractions, each from left to right. Write one operation per line in the form 'a op b = c', "
-                "then finish with a line 'Answer: N'.\nExample:\n" + example + f"Now compute: {problem.question}",
-            }
-        ]
+        return self.one_shot(
+            "Compute the expression step by step. Do multiplications first, then additions and subtractions, "
+            "each from left to right. Write one operation per line in the form 'a op b = c', then finish with "
+            "a line 'Answer: N'.",
+            "Q: 7 + 3 * 2 - 4\n3 * 2 = 6\n7 + 6 = 13\n13 - 4 = 9\nAnswer: 9\n",
+            f"Now compute: {problem.question}",
+        )
 
     # --- checking ---------------------------------------------------------------------------------
     def answer(self, problem: Problem, steps: Sequence[str]) -> str | None:

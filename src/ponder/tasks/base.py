@@ -70,6 +70,11 @@ class Task(ABC):
         """The messages for an instruct model with a chat template (the steps follow the assistant tag)."""
         return [{"role": "user", "content": self.prompt(problem)}]
 
+    @staticmethod
+    def one_shot(instruction: str, example: str, ask: str) -> list[dict[str, str]]:
+        """A chat prompt: the instruction, one worked example, then the problem."""
+        return [{"role": "user", "content": f"{instruction}\nExample:\n{example}{ask}"}]
+
     def split_steps(self, text: str) -> list[str]:
         """Cut a whole completion into steps at the stop strings, keeping each stop string.
 

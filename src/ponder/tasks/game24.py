@@ -242,16 +242,12 @@ class Game24(Task):
         return problem.question + "\n"
 
     def chat_messages(self, problem: Problem) -> list[dict[str, str]]:
-        example = "4 4 6 8\n4 + 8 = 12 (left: 4 6 12)\n6 - 4 = 2 (left: 2 12)\n2 * 12 = 24 (left: 24)\n"
-        return [
-            {
-                "role": "user",
-                "content": "Use the four numbers and + - * / to reach 24. Write one operation per line, "
-                "in the form 'a op b = c (left: remaining numbers)'.\nExample:\n"
-                + example
-                + f"Now solve: {problem.question}",
-            }
-        ]
+        return self.one_shot(
+            "Use the four numbers and + - * / to reach 24. Write one operation per line, "
+            "in the form 'a op b = c (left: remaining numbers)'.",
+            "4 4 6 8\n4 + 8 = 12 (left: 4 6 12)\n6 - 4 = 2 (left: 12 2)\n12 * 2 = 24 (left: 24)\n",
+            f"Now solve: {problem.question}",
+        )
 
     @staticmethod
     def numbers(problem: Problem) -> list[Fraction]:
