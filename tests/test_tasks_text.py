@@ -114,6 +114,7 @@ def test_gsm8k_references_from_real_rows():
         ("\\boxed{42}\n", "42"),
         ("She makes 9 * 2 = 18 dollars.\n", None),
         ("The answer is unclear.\n", None),
+        ("So the answer is 16 * 2 = 32.\n", "32"),  # the result of arithmetic on the answer line
     ],
 )
 def test_gsm8k_answer_extraction(line, expected):

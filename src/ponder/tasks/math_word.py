@@ -161,9 +161,12 @@ class GSM8K(_JsonlTask):
         return 'Reason step by step, one step per line, and finish with the line "The answer is X." where X is a number.'
 
     def _final_answer(self, line: str) -> str | None:
-        """The number of an "answer is N", "#### N" or "\\boxed{N}" line."""
+        """The number of an "answer is N", "#### N" or "\\boxed{N}" line; where the line goes on with
+        arithmetic ("the answer is 16 * 2 = 32"), the last number after an "=" is the result."""
         for pattern in _GSM_FINAL:
             if m := pattern.search(line):
+                if result := re.search(r"=\s*" + _NUMBER + r"[^=\d]*$", line[m.start():]):
+                    return canonical_number(*result.groups())
                 return canonical_number(*m.groups())
         return None
 
