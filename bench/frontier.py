@@ -1,0 +1,168 @@
+"""Compute-matched frontier on the Game of 24 test puzzles: accuracy against mean tokens generated per
+puzzle for greedy, best-of-N, beam, DVTS, ToT-BFS, MCTS and A*, each at a few budget levels. Prints a
+markdown table and draws one accuracy-vs-tokens line per method into a PNG.
+
+    python bench/frontier.py --model runs/demo/model [--methods beam,mcts] [--levels s,m,l] [--limit 100]
+
+Every run is written to OUT/METHOD-LEVEL.jsonl and resumes where it stopped (``run_eval``); a rerun with
+other settings for the same file is refused, so change --out when the level maps below change.
+Tree searches value states with verifier-scored rollouts (``scorer="rollout"``): the verifier gives 0
+to every unfinished state, so it cannot rank them itself. MCTS gets no critic, so its leaf values are
+rollout outcomes alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import shlex
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import torch
+
+from ponder.critics import Verifier
+from ponder.evaluate import run_eval
+from ponder.models import load_policy
+from ponder.search import get_method
+from ponder.tasks import get_task
+
+# Budget levels: name -> config fields. s < m < l in compute; greedy has one level only (it is run
+# whenever "s" is among --levels). Tree searches get scorer="rollout" added below (ROLLOUT_SCORED).
+LEVELS: dict[str, dict[str, dict]] = {
+    "greedy": {"s": {}},
+    "best-of-n": {
+        "s": dict(n=4),
+        "m": dict(n=16),
+        "l": dict(n=64),
+    },
+    "beam": {
+        "s": dict(beam_width=2, k=2, rollouts=1),
+        "m": dict(beam_width=4, k=4, rollouts=2),
+        "l": dict(beam_width=8, k=8, rollouts=4, max_nodes=1024),
+    },
+    "dvts": {
+        "s": dict(beam_width=2, subtrees=2, k=2, rollouts=1),
+        "m": dict(beam_width=4, subtrees=2, k=4, rollouts=2),
+        "l": dict(beam_width=8, subtrees=4, k=8, rollouts=4, max_nodes=1024),
+    },
+    "tot-bfs": {
+        "s": dict(breadth=1, k=2, rollouts=1),
+        "m": dict(breadth=3, k=4, rollouts=2),
+        "l": dict(breadth=5, k=8, rollouts=4, max_nodes=1024),
+    },
+    "mcts": {
+        "s": dict(simulations=8, k=2, k_max=4, rollouts=1),
+        "m": dict(simulations=32, k=4, k_max=8, rollouts=1),
+        "l": dict(simulations=128, k=4, k_max=8, rollouts=2, max_nodes=1024),
+    },
+    "astar": {
+        "s": dict(max_expansions=8, k=2, rollouts=1),
+        "m": dict(max_expansions=32, k=4, rollouts=2),
+        "l": dict(max_expansions=128, k=4, rollouts=4, max_nodes=1024),
+    },
+}
+ROLLOUT_SCORED = {"beam", "dvts", "tot-bfs", "astar"}  # configs with a `scorer` field
+LEVEL_ORDER = ["s", "m", "l"]
+
+
+def make_config(method: str, level: str):
+    fields = dict(LEVELS[method][level])
+    if method in ROLLOUT_SCORED:
+        fields.setdefault("scorer", "rollout")
+    return get_method(method).config(**fields)
+
+
+def plot(results: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for method in dict.fromkeys(r["method"] for r in results):
+        pts = sorted((r["tokens_generated"], 100 * r["accuracy"], r["level"]) for r in results if r["method"] == method)
+        xs, ys = [max(p[0], 1e-9) for p in pts], [p[1] for p in pts]
+        ax.plot(xs, ys, marker="o", label=method)
+        for x, y, lvl in pts:
+            ax.annotate(lvl, (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("mean tokens generated per puzzle (log)")
+    ax.set_ylabel("solved (%)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--methods", default=",".join(LEVELS))
+    ap.add_argument("--levels", default=",".join(LEVEL_ORDER), help="comma list of level names (s, m, l)")
+    ap.add_argument("--limit", type=int, default=100, help="puzzles (the first LIMIT of the test split)")
+    ap.add_argument("--batch", type=int, default=25)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default="bench/out/frontier")
+    ap.add_argument("--png", default="bench/out/frontier.png")
+    args = ap.parse_args()
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    levels = [lv.strip() for lv in args.levels.split(",") if lv.strip()]
+    for m in methods:
+        if m not in LEVELS:
+            ap.error(f"unknown method {m!r}; choose from {', '.join(LEVELS)}")
+    for lv in levels:
+        if lv not in LEVEL_ORDER:
+            ap.error(f"unknown level {lv!r}; choose from {', '.join(LEVEL_ORDER)}")
+    # build every config first, so a bad level map fails before any compute is spent
+    plan = [(m, lv, make_config(m, lv)) for m in methods for lv in LEVEL_ORDER if lv in levels and lv in LEVELS[m]]
+
+    torch.set_num_threads(args.threads)
+    task = get_task("game24")
+    problems = task.problems("test")[: args.limit]
+    policy = load_policy(args.model, seed=args.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    cmd = " ".join(shlex.quote(a) for a in ["python", *sys.argv])
+    header = (
+        f"# Game of 24 frontier ({len(problems)} test puzzles), model {args.model}, seed {args.seed}, "
+        f"{platform.machine()} {platform.system()} ({platform.platform()}), {torch.get_num_threads()} threads, "
+        f"{datetime.now().isoformat(timespec='seconds')}"
+    )
+    print(f"$ {cmd}\n{header}\n", flush=True)
+
+    results = []
+    for method, level, cfg in plan:
+        critic = Verifier(task) if get_method(method).needs_critic else None
+        settings = {"model": args.model, "seed": args.seed, "task": "game24", "split": "test", "bench": "frontier", "level": level}
+        s, _ = run_eval(task, policy, method, cfg, problems, out / f"{method}-{level}.jsonl", critic, args.batch, args.seed,
+                        settings=settings, progress=False)
+        tps = s.tokens_generated * s.problems / s.seconds if s.seconds > 0 else float("nan")
+        r = dict(method=method, level=level, accuracy=s.accuracy, tokens_generated=s.tokens_generated,
+                 tokens_read=s.tokens_read, seconds=s.seconds, tps=tps, problems=s.problems, knobs=LEVELS[method][level])
+        results.append(r)
+        print(f"  {method}-{level}: {100 * s.accuracy:.0f}% solved, {s.tokens_generated:,.0f} tok/puzzle, "
+              f"{s.seconds:.1f}s, {tps:,.0f} tok/s", flush=True)
+
+    order = {m: i for i, m in enumerate(LEVELS)}
+    results.sort(key=lambda r: (order[r["method"]], r["tokens_generated"]))
+    print(f"\n{header}\n")
+    print("| method | level | knobs | solved | tokens generated / puzzle | tokens read / puzzle | seconds | tokens/s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in results:
+        knobs = ", ".join(f"{k}={v}" for k, v in r["knobs"].items()) or "-"
+        print(f"| {r['method']} | {r['level']} | {knobs} | {100 * r['accuracy']:.0f}% | {r['tokens_generated']:,.0f} "
+              f"| {r['tokens_read']:,.0f} | {r['seconds']:.1f} | {r['tps']:,.0f} |")
+    if results:
+        plot(results, Path(args.png), f"Game of 24 ({len(problems)} puzzles), {'/'.join(Path(args.model).parts[-2:])}, seed {args.seed}")
+        print(f"\nplot: {args.png}")
+
+
+if __name__ == "__main__":
+    main()
