@@ -1,4 +1,4 @@
-"""The ``ponder`` command line: train, solve, eval.
+"""The ``ponder`` command line: train, solve, eval, view.
 
 Every user mistake (unknown task/method/model, missing file, bad option value) is one line on stderr
 and exit code 2; nothing already written is lost.
@@ -99,6 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", help="JSONL run file (appended to and resumed; default: runs/eval/TASK-METHOD.jsonl)")
     e.add_argument("--save-trees", action="store_true", help="store each problem's search tree in its row")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    v = sub.add_parser("view", help="write one self-contained HTML page for a saved tree or an eval run file")
+    v.add_argument("file", help="a saved tree (JSON) or an eval run file (JSONL, trees from --save-trees)")
+    v.add_argument("--out", help="HTML file to write (default: FILE with an .html suffix)")
     return parser
 
 
@@ -175,11 +179,17 @@ def cmd_eval(args) -> None:
     print(f"rows: {out}")
 
 
+def cmd_view(args) -> None:
+    from .report.viewer import view
+
+    print(f"wrote {view(args.file, args.out)}")
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         args = build_parser().parse_args(argv)
-        {"train": cmd_train, "solve": cmd_solve, "eval": cmd_eval}[args.command](args)
+        {"train": cmd_train, "solve": cmd_solve, "eval": cmd_eval, "view": cmd_view}[args.command](args)
     except PonderError as e:
         print(f"ponder: error: {e}", file=sys.stderr)
         return 2
