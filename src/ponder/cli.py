@@ -138,8 +138,8 @@ def _setup(args):
     method = get_method(args.method)
     cfg = config_from(method.config, args, args.config, exclusive=True, seed=getattr(args, "seed", None))
     critic = get_critic(args.critic, task) if method.needs_critic else None
-    if not task.checkable and args.method not in ("greedy", "sampling", "self-consistency"):
-        # the verifier (as critic, rollout outcome or "prefer verified" check) needs the gold answer here
+    if not task.checkable and method.uses_verifier:
+        # on such a task the verifier needs the gold answer
         print(f"note: the {task.name} verifier reads the gold answer, so {args.method} results are an oracle upper bound "
               "until a learned critic replaces it", file=sys.stderr)
     return task, method, cfg, critic

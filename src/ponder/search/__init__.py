@@ -21,19 +21,21 @@ class Method(NamedTuple):
     run: Callable
     config: type
     needs_critic: bool = False
+    #: reads the task's reward during search (as critic, rollout outcome or "prefer verified" check)
+    uses_verifier: bool = False
 
 
 METHODS: dict[str, Method] = {
     "greedy": Method(greedy, GreedyConfig),
     "sampling": Method(sampling, SamplingConfig),
     "self-consistency": Method(self_consistency, SamplingConfig),
-    "best-of-n": Method(best_of_n, BestOfNConfig, needs_critic=True),
-    "beam": Method(beam, BeamConfig, needs_critic=True),
-    "dvts": Method(dvts, DVTSConfig, needs_critic=True),
-    "tot-bfs": Method(tot_bfs, ToTBFSConfig, needs_critic=True),
-    "tot-dfs": Method(tot_dfs, ToTDFSConfig, needs_critic=True),
-    "astar": Method(astar, AStarConfig, needs_critic=True),
-    "mcts": Method(mcts, MCTSConfig),
+    "best-of-n": Method(best_of_n, BestOfNConfig, needs_critic=True, uses_verifier=True),
+    "beam": Method(beam, BeamConfig, needs_critic=True, uses_verifier=True),
+    "dvts": Method(dvts, DVTSConfig, needs_critic=True, uses_verifier=True),
+    "tot-bfs": Method(tot_bfs, ToTBFSConfig, needs_critic=True, uses_verifier=True),
+    "tot-dfs": Method(tot_dfs, ToTDFSConfig, needs_critic=True, uses_verifier=True),
+    "astar": Method(astar, AStarConfig, needs_critic=True, uses_verifier=True),
+    "mcts": Method(mcts, MCTSConfig, uses_verifier=True),
 }
 
 
