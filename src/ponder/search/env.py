@@ -29,6 +29,10 @@ class SearchEnv:
         self.policy, self.task, self.critic = policy, task, critic
         self._prompts: dict[str, str] = {}
         self.spent: dict[str, Compute] = {}
+        # the task's verdicts on traces already checked, per problem (dropped with the problem's compute):
+        # a search asks about the same trace several times (terminal? reward? a rollout's prefixes), and
+        # a check can be costly (Game of 24 replays every step in exact arithmetic, GSM8K parses answers)
+        self._verdicts: dict[Problem, dict[tuple[str, tuple[str, ...]], object]] = {}
 
     # --- bookkeeping ------------------------------------------------------------------------------
     def prompt(self, problem: Problem) -> str:
@@ -44,7 +48,23 @@ class SearchEnv:
             self.spent[s.problem.id] = self.spent.get(s.problem.id, Compute()) + c
 
     def take_compute(self, problem: Problem) -> Compute:
+        self._verdicts.pop(problem, None)
         return self.spent.pop(problem.id, Compute())
+
+    # --- the task's verdicts, remembered (tasks are pure functions of problem and steps) -----------
+    def is_terminal(self, problem: Problem, steps: Sequence[str]) -> bool:
+        return self._verdict("terminal", problem, steps)
+
+    def reward(self, problem: Problem, steps: Sequence[str]) -> float:
+        return self._verdict("reward", problem, steps)
+
+    def _verdict(self, what: str, problem: Problem, steps: Sequence[str]):
+        memo = self._verdicts.setdefault(problem, {})
+        key = (what, tuple(steps))
+        if key not in memo:
+            fn = self.task.is_terminal if what == "terminal" else self.task.reward
+            memo[key] = fn(problem, key[1])
+        return memo[key]
 
     # --- the callables search uses ----------------------------------------------------------------
     def propose(self, states: Sequence[State], k: int, temperature: float = 1.0, top_p: float = 1.0) -> list[list[Step]]:
@@ -69,7 +89,7 @@ class SearchEnv:
         """``state``'s steps plus ``new_steps`` up to the first terminal state."""
         steps = list(state.steps)
         for step in new_steps:
-            if self.task.is_terminal(state.problem, steps):
+            if self.is_terminal(state.problem, steps):
                 break
             steps.append(step)
         return tuple(steps)

@@ -145,9 +145,19 @@ def set_priors(node: Node) -> None:
         c.prior = x / sum(e)
 
 
+def pstdev_above(xs: Sequence[float], threshold: float) -> bool:
+    """``statistics.pstdev(xs) > threshold``, decided in float arithmetic unless the float std lies within
+    1e-9 of the threshold; only there is the exact (and ~30x slower, Fraction-based) ``pstdev`` asked."""
+    mean = sum(xs) / len(xs)
+    std = math.sqrt(sum((x - mean) ** 2 for x in xs) / len(xs))
+    if abs(std - threshold) > 1e-9:
+        return std > threshold
+    return statistics.pstdev(xs) > threshold
+
+
 def wants_widening(node: Node, cfg: MCTSConfig) -> bool:
-    qs = [c.q for c in node.children]
-    return 2 <= len(qs) < cfg.k_max and statistics.pstdev(qs) > cfg.widen_std
+    n = len(node.children)
+    return 2 <= n < cfg.k_max and pstdev_above([c.q for c in node.children], cfg.widen_std)
 
 
 def select(s: _Search, cfg: MCTSConfig, score: ScoreFn = puct) -> Node:
@@ -182,15 +192,15 @@ def expand(batch: Sequence[tuple[_Search, Node]], env: SearchEnv, cfg: MCTSConfi
                 break
             seen.add(key(step.text))
             trace = (*prefix, step.text)
-            terminal = step.finish == "eos" or env.task.is_terminal(s.problem, trace)
-            reward = env.task.reward(s.problem, trace) if terminal else None
+            terminal = step.finish == "eos" or env.is_terminal(s.problem, trace)
+            reward = env.reward(s.problem, trace) if terminal else None
             new.append(node.add(step.text, tokens=step.num_tokens, logprob=step.logprob, terminal=terminal, reward=reward))
             s.size += 1
             if terminal:
                 s.saw(trace, reward, "tree")
         set_priors(node)
         if not node.children:
-            node.terminal, node.reward = True, env.task.reward(s.problem, prefix)
+            node.terminal, node.reward = True, env.reward(s.problem, prefix)
         elif not new:
             s.saturated.add(node)
         out.append(new)
@@ -205,7 +215,7 @@ def evaluate(batch: Sequence[tuple[_Search, Node]], env: SearchEnv, cfg: MCTSCon
     outcome = [0.0] * len(batch)
     if cfg.rollouts:
         for i, ((s, node), traces) in enumerate(zip(batch, env.rollout(states, cfg.rollouts, cfg.temperature))):
-            rewards = [env.task.reward(s.problem, t) for t in traces]
+            rewards = [env.reward(s.problem, t) for t in traces]
             outcome[i] = node.scores["rollout"] = sum(rewards) / len(rewards)
             best = max(range(len(traces)), key=rewards.__getitem__)
             s.best_rollout[node] = (rewards[best], traces[best])
@@ -259,7 +269,7 @@ def final_trace(s: _Search, env: SearchEnv, cfg: MCTSConfig) -> tuple[tuple[str,
     steps, source = tuple(node.steps()), "tree"
     if not node.terminal and node in s.best_rollout:
         steps, source = s.best_rollout[node][1], "rollout"
-    if cfg.prefer_verified and s.verified is not None and env.task.reward(s.problem, steps) < 1:
+    if cfg.prefer_verified and s.verified is not None and env.reward(s.problem, steps) < 1:
         steps, source = s.verified[0], f"verified-{s.verified[1]}"
     return steps, source
 
