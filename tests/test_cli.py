@@ -123,7 +123,7 @@ def test_config_yaml_missing(tiny_model_dir, tmp_path, capsys):
 
 
 # --- eval end to end, resume -------------------------------------------------------------------------------
-ROW_KEYS = {"problem_id", "question", "reference", "method", "answer", "correct", "steps", "compute", "info", "tree_size"}
+ROW_KEYS = {"problem_id", "question", "reference", "meta", "method", "answer", "correct", "steps", "compute", "info", "tree_size"}
 
 
 def read(out: Path) -> list[dict]:

@@ -62,7 +62,11 @@ def _add_method_args(p: argparse.ArgumentParser) -> None:
     from .search import METHODS
 
     p.add_argument("--method", default="greedy", help=f"one of: {', '.join(METHODS)} (default: greedy)")
-    p.add_argument("--critic", default="verifier", help=f"critic for methods that rank: {', '.join(CRITICS)}")
+    p.add_argument(
+        "--critic", default=None,
+        help=f"critic: {', '.join(CRITICS)}, or a weighted mix like 'value:DIR@0.5,prm:DIR@0.5' "
+             "(default: verifier for methods that rank; mcts uses one only when given)",
+    )
     p.add_argument("--config", help="YAML file with the method's options (command-line options win)")
     names: set[str] = set()
     for cls in _method_configs():
@@ -100,6 +104,17 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--save-trees", action="store_true", help="store each problem's search tree in its row")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    i = sub.add_parser("improve", help="the self-improvement loop: imagine -> search -> learn -> evaluate, repeated")
+    i.add_argument("--out", help="run folder to create (default: runs/improve)")
+    i.add_argument("--resume", metavar="DIR", help="continue the run in DIR after a crash or kill (no other options)")
+    i.add_argument("--config", help="YAML file with the loop's options (nested groups: search, sft, dpo, critic, ...)")
+    i.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any option, nested ones too: --set search.simulations=24 --set dpo.beta=0.2")
+    i.add_argument("--quiet", action="store_true", help="no progress bars")
+    from .loop import ImproveConfig
+
+    add_config_args(i, ImproveConfig, skip=_nested_fields(ImproveConfig))
+
     v = sub.add_parser("view", help="write one self-contained HTML page for a saved tree or an eval run file")
     v.add_argument("file", help="a saved tree (JSON) or an eval run file (JSONL, trees from --save-trees)")
     v.add_argument("--out", help="HTML file to write (default: FILE with an .html suffix)")
@@ -129,34 +144,41 @@ def cmd_train(args) -> None:
 
 
 def _setup(args):
-    """Task, method, config and critic: everything checked before the (slow) model load."""
-    from .critics import get_critic
+    """Task, method, config and critic spec: everything checked before the (slow) model load."""
+    from .critics import parse_critic
     from .search import get_method
     from .tasks import get_task
 
     task = get_task(args.task, args.data)
     method = get_method(args.method)
     cfg = config_from(method.config, args, args.config, exclusive=True, seed=getattr(args, "seed", None))
-    critic = get_critic(args.critic, task) if method.needs_critic else None
+    if args.critic is None and method.needs_critic:
+        args.critic = "verifier"
+    if args.critic is not None:
+        parse_critic(args.critic)
     if not task.checkable and method.uses_verifier:
         # on such a task the verifier needs the gold answer
         print(f"note: the {task.name} verifier reads the gold answer, so {args.method} results are an oracle upper bound "
               "until a learned critic replaces it", file=sys.stderr)
-    return task, method, cfg, critic
+    return task, method, cfg
 
 
-def _policy(args):
+def _policy_and_critic(args, task):
+    from .critics import get_critic
     from .models import load_policy
 
-    return load_policy(args.model, device=args.device, dtype=args.dtype, seed=args.seed)
+    policy = load_policy(args.model, device=args.device, dtype=args.dtype, seed=args.seed)
+    critic = get_critic(args.critic, task, policy) if args.critic is not None else None
+    return policy, critic
 
 
 def cmd_solve(args) -> None:
     from .search import SearchEnv
 
-    task, method, cfg, critic = _setup(args)
+    task, method, cfg = _setup(args)
     problem = task.parse_problem(args.problem)
-    [r] = method.run([problem], SearchEnv(_policy(args), task, critic), cfg)
+    policy, critic = _policy_and_critic(args, task)
+    [r] = method.run([problem], SearchEnv(policy, task, critic), cfg)
     print("".join(r.steps), end="" if r.steps and r.steps[-1].endswith("\n") else "\n")
     verdict = f"  reward {task.reward(problem, r.steps):.0f}" if task.name == "game24" else ""
     c = r.compute
@@ -166,17 +188,54 @@ def cmd_solve(args) -> None:
 def cmd_eval(args) -> None:
     from .evaluate import Summary, run_eval
 
-    task, method, cfg, critic = _setup(args)
+    task, method, cfg = _setup(args)
     problems = task.problems(args.split)[: args.limit]
-    policy = _policy(args)
+    policy, critic = _policy_and_critic(args, task)
     out = Path(args.out or f"runs/eval/{task.name}-{args.split}-{args.method}.jsonl")
     settings = {"task": task.name, "data": args.data, "split": args.split, "model": args.model, "seed": args.seed,
-                "critic": args.critic if method.needs_critic else None}
+                "critic": args.critic}
     summary, _ = run_eval(task, policy, args.method, cfg, problems, out, critic, args.batch, args.seed, settings,
                             not args.quiet, args.save_trees)
     print(Summary.HEADER)
     print(summary.row())
     print(f"rows: {out}")
+
+
+def _nested_fields(cls) -> set[str]:
+    import dataclasses
+
+    return {f.name for f in dataclasses.fields(cls) if dataclasses.is_dataclass(f.default_factory) or
+            (f.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(f.default_factory()))}
+
+
+def cmd_improve(args) -> None:
+    import yaml
+
+    from .config import apply_sets, build
+    from .loop import ImproveConfig, improve
+
+    given = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_") and v is not None}
+    if args.resume:
+        if given or args.config or args.set or args.out:
+            raise PonderError("--resume takes the run's own config; give no other options (start a new --out instead)")
+        report = improve(args.resume, None, resume=True, progress=not args.quiet)
+    else:
+        values: dict = {}
+        if args.config:
+            path = Path(args.config)
+            if not path.is_file():
+                raise PonderError(f"config file not found: {path}")
+            try:
+                values = yaml.safe_load(path.read_text()) or {}
+            except yaml.YAMLError as e:
+                raise PonderError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        for k, v in given.items():
+            values[k] = [x.strip() for x in v.split(",")] if k in ("critics", "eval_methods") else v
+        cfg = build(ImproveConfig, apply_sets(values, args.set))
+        report = improve(args.out or "runs/improve", cfg, progress=not args.quiet)
+    print()
+    print(report.read_text())
+    print(f"report: {report}")
 
 
 def cmd_view(args) -> None:
@@ -187,9 +246,10 @@ def cmd_view(args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # our own bars are enough; transformers' loading bars are noise
     try:
         args = build_parser().parse_args(argv)
-        {"train": cmd_train, "solve": cmd_solve, "eval": cmd_eval, "view": cmd_view}[args.command](args)
+        {"train": cmd_train, "solve": cmd_solve, "eval": cmd_eval, "improve": cmd_improve, "view": cmd_view}[args.command](args)
     except PonderError as e:
         print(f"ponder: error: {e}", file=sys.stderr)
         return 2

@@ -63,7 +63,7 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, skip: set[str] |
     group = parser.add_argument_group(f"{cls.__name__} options")
     for f in fields:
         kind = hints[f.name]
-        extra = {}
+        extra = {"metavar": f.name.upper()}
         if get_origin(kind) is Literal:
             extra["metavar"] = "{" + ",".join(map(str, get_args(kind))) + "}"
         group.add_argument(
@@ -107,3 +107,68 @@ def config_from(
                 raise PonderError(f"--{name.replace('_', '-')} does not apply here ({cls.__name__} has no such option)")
     values.update({k: v for k, v in overrides.items() if k in names and v is not None})
     return cls(**values)
+
+
+def nested(factory) -> Any:
+    """A field holding another config (e.g. the loop's MCTS settings); ``factory`` makes its default."""
+    return dataclasses.field(default_factory=factory, metadata={"help": (factory.__doc__ or "").strip().splitlines()[0] if factory.__doc__ else ""})
+
+
+def _is_config(kind: Any) -> bool:
+    return isinstance(kind, type) and dataclasses.is_dataclass(kind)
+
+
+def build(cls: type, values: dict[str, Any], where: str = "") -> Any:
+    """``cls`` from a (possibly nested) mapping over its defaults; unknown keys are named with their path."""
+    if not isinstance(values, dict):
+        raise PonderError(f"{where or cls.__name__}: expected a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise PonderError(f"unknown option(s) {', '.join((where + '.' if where else '') + u for u in unknown)}")
+    kw = {}
+    for name, v in values.items():
+        kind = hints[name]
+        if _is_config(kind):
+            kw[name] = build(kind, v, f"{where}.{name}" if where else name)
+        elif get_origin(kind) is tuple and isinstance(v, list):
+            kw[name] = tuple(v)
+        else:
+            kw[name] = v
+    try:
+        return cls(**kw)
+    except TypeError as e:
+        raise PonderError(f"{where or cls.__name__}: {e}") from None
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A config as plain data (tuples as lists), ready for YAML."""
+    def plain(v):
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        return v
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def apply_sets(values: dict[str, Any], sets: list[str]) -> dict[str, Any]:
+    """Apply ``--set a.b=VALUE`` overrides (VALUE read as YAML: 3, 0.5, true, [a, b]) to a nested mapping."""
+    for item in sets:
+        key, eq, raw = item.partition("=")
+        if not eq or not key.strip():
+            raise PonderError(f"--set {item!r}: expected KEY=VALUE, e.g. search.simulations=32")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise PonderError(f"--set {item!r}: cannot read the value") from None
+        parts = key.strip().split(".")
+        node = values
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise PonderError(f"--set {item!r}: {p} is not a group of options")
+        node[parts[-1]] = value
+    return values

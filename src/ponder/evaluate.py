@@ -45,6 +45,7 @@ def result_row(task: Task, method: str, r: SearchResult, tree: bool = False) -> 
         "problem_id": r.problem.id,
         "question": r.problem.question,
         "reference": r.problem.reference,
+        "meta": r.problem.meta,
         "method": method,
         "answer": r.answer,
         "correct": task.reward(r.problem, r.steps),

@@ -1,18 +1,84 @@
-"""Critics: the task verifier now; value head, PRM, ORM, LLM judge and implicit reward plug into the same protocol."""
+"""Critics: one protocol, ``score(problems, steps) -> one float per state``, for every search method.
+
+- ``verifier``: the task's own reward of a finished trace (``oracle`` where it reads the gold answer);
+- ``value:PATH``, ``prm:PATH``, ``orm:PATH``: learned critics (``ScalarCritic`` folders written by
+  ``ponder improve``);
+- ``judge``: the policy model prompted as a judge (Tree of Thoughts' value prompt);
+- a weighted mix of any of them, AlphaLLM-style: ``value:PATH@0.5,prm:PATH@0.3,verifier@0.2``.
+"""
 
 from __future__ import annotations
 
+from typing import Callable, NamedTuple
+
 from ..errors import PonderError
 from ..tasks import Task
-from .base import Critic, Verifier, checked_scores
+from .base import Critic, Mixture, Verifier, checked_scores
 
-CRITICS = ("verifier",)
+CRITICS = ("verifier", "judge", "value:PATH", "prm:PATH", "orm:PATH")
+_LEARNED = ("value", "prm", "orm")
 
 
-def get_critic(name: str, task: Task) -> Critic:
-    if name == "verifier":
+class CriticSpec(NamedTuple):
+    kind: str
+    path: str | None
+    weight: float
+
+
+def parse_critic(spec: str) -> list[CriticSpec]:
+    """``NAME[:PATH][@WEIGHT]`` terms separated by commas; checked before any model is loaded."""
+    out = []
+    for term in (t.strip() for t in spec.split(",")):
+        if not term:
+            raise PonderError(f"--critic {spec!r}: empty term")
+        weight = 1.0
+        if "@" in term:
+            term, w = term.rsplit("@", 1)
+            try:
+                weight = float(w)
+            except ValueError:
+                raise PonderError(f"--critic {spec!r}: weight {w!r} is not a number") from None
+            if weight <= 0:
+                raise PonderError(f"--critic {spec!r}: weights must be > 0, got {weight}")
+        kind, _, path = term.partition(":")
+        if kind in _LEARNED:
+            if not path:
+                raise PonderError(f"--critic {kind} needs a folder: {kind}:PATH (written by ponder improve)")
+        elif kind in ("verifier", "judge"):
+            if path:
+                raise PonderError(f"--critic {kind} takes no path, got {term!r}")
+        else:
+            raise PonderError(f"unknown critic {kind!r}; choose one of: {', '.join(CRITICS)}")
+        out.append(CriticSpec(kind, path or None, weight))
+    return out
+
+
+def get_critic(spec: str, task: Task, policy: Callable[[], object] | object | None = None) -> Critic:
+    """The critic a spec names. ``policy`` (or a function returning it) serves the judge and the device."""
+    terms = parse_critic(spec)
+    critics = [_one(t, task, policy) for t in terms]
+    if len(critics) == 1:
+        return critics[0]
+    return Mixture(critics, [t.weight for t in terms])
+
+
+def _one(t: CriticSpec, task: Task, policy) -> Critic:
+    if t.kind == "verifier":
         return Verifier(task)
-    raise PonderError(f"unknown critic {name!r}; choose one of: {', '.join(CRITICS)}")
+    pol = policy() if callable(policy) else policy
+    if t.kind == "judge":
+        if pol is None or not hasattr(pol, "model"):
+            raise PonderError("--critic judge needs a local model to prompt (--model)")
+        from .judge import Judge
+
+        return Judge(pol, task)
+    from .scalar import ScalarCritic
+
+    device = str(pol.model.device) if pol is not None and hasattr(pol, "model") else None
+    critic = ScalarCritic.load(t.path, task, device=device)
+    if critic.kind != t.kind:
+        raise PonderError(f"{t.path}: a {critic.kind} critic, not a {t.kind} one")
+    return critic
 
 
-__all__ = ["CRITICS", "Critic", "Verifier", "checked_scores", "get_critic"]
+__all__ = ["CRITICS", "Critic", "CriticSpec", "Mixture", "Verifier", "checked_scores", "get_critic", "parse_critic"]

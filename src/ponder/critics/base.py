@@ -42,3 +42,28 @@ def checked_scores(critic: Critic, problems: Sequence[Problem], steps: Sequence[
     if not all(math.isfinite(s) for s in scores):
         raise PonderError(f"critic {critic.name!r} returned a non-finite score: {scores}")
     return scores
+
+
+class Mixture:
+    """A weighted mean of critics, as AlphaLLM mixes value, PRM and outcome rewards::
+
+        score(s) = sum_i w_i critic_i(s) / sum_i w_i
+
+    Each critic is called once per batch; each keeps its own name in the mixture's ``parts``.
+    """
+
+    def __init__(self, critics: Sequence[Critic], weights: Sequence[float]):
+        if len(critics) != len(weights) or not critics:
+            raise PonderError("a critic mixture needs one weight per critic")
+        if any(w <= 0 for w in weights):
+            raise PonderError(f"critic weights must be > 0, got {list(weights)}")
+        self.critics, self.weights = list(critics), [float(w) for w in weights]
+        self.name = "+".join(f"{c.name}@{w:g}" for c, w in zip(self.critics, self.weights))
+
+    def score(self, problems: Sequence[Problem], steps: Sequence[Sequence[str]]) -> list[float]:
+        total = sum(self.weights)
+        out = [0.0] * len(problems)
+        for c, w in zip(self.critics, self.weights):
+            for i, s in enumerate(checked_scores(c, problems, steps)):
+                out[i] += w * s / total
+        return out

@@ -13,6 +13,62 @@ from .base import SamplingParams, Samples
 from .sampler import StopRule, sample_steps
 
 
+def has_chat(tokenizer) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def render_prompt(tokenizer, task, problem) -> str:
+    """The prompt text for a problem: the task's chat messages through the chat template where the
+    tokenizer has one, else the task's plain prompt. Policies and learned critics read the same text."""
+    if has_chat(tokenizer):
+        return tokenizer.apply_chat_template(task.chat_messages(problem), add_generation_prompt=True, tokenize=False)
+    return task.prompt(problem)
+
+
+def encode_prompts(tokenizer, texts: Sequence[str]) -> list[list[int]]:
+    """Token ids of rendered prompts (or prompt + steps). Chat-template text already holds its special
+    tokens; plain prompts get the tokenizer's own (e.g. ``<bos>``)."""
+    return tokenizer(list(texts), add_special_tokens=not has_chat(tokenizer))["input_ids"]
+
+
+class TraceEncoder:
+    """Token ids of prompt + steps, with each step tokenized on its own so that every step's end is a
+    token boundary (whatever the tokenizer); the rendered prompt of each problem is encoded once."""
+
+    def __init__(self, tokenizer, task, max_len: int | None = None):
+        self.tokenizer, self.task, self.max_len = tokenizer, task, max_len
+        self._prompts: dict[tuple[str, str], list[int]] = {}
+
+    def __call__(self, problem, steps: Sequence[str]) -> tuple[list[int], list[int]]:
+        """(ids, ends): ends[i] is the position of step i's last token (the prompt's last for no steps).
+        Past ``max_len`` the start is cut, since a state is read at its end."""
+        key = (problem.id, problem.question)
+        if key not in self._prompts:
+            self._prompts[key] = encode_prompts(self.tokenizer, [render_prompt(self.tokenizer, self.task, problem)])[0]
+        ids = list(self._prompts[key])
+        ends = []
+        for s in steps:
+            ids += self.tokenizer(s, add_special_tokens=False)["input_ids"]
+            ends.append(len(ids) - 1)
+        if not steps:
+            ends.append(len(ids) - 1)
+        if self.max_len and len(ids) > self.max_len:
+            cut = len(ids) - self.max_len
+            ids, ends = ids[cut:], [max(0, e - cut) for e in ends]
+        return ids, ends
+
+
+def right_pad(seqs: Sequence[Sequence[int]], pad: int | None) -> tuple["torch.Tensor", "torch.Tensor"]:
+    """Token ids (B, T) and attention mask (B, T) of sequences padded on the right."""
+    T = max(len(x) for x in seqs)
+    ids = torch.full((len(seqs), T), pad if pad is not None else 0, dtype=torch.long)
+    mask = torch.zeros((len(seqs), T), dtype=torch.long)
+    for i, x in enumerate(seqs):
+        ids[i, : len(x)] = torch.tensor(list(x), dtype=torch.long)
+        mask[i, : len(x)] = 1
+    return ids, mask
+
+
 class HFPolicy:
     """A transformers causal LM and its tokenizer behind the ``Policy`` protocol."""
 
@@ -20,7 +76,7 @@ class HFPolicy:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.name = name
-        self.chat = bool(getattr(tokenizer, "chat_template", None))
+        self.chat = has_chat(tokenizer)
         self.generator = torch.Generator(device=model.device).manual_seed(seed)
         eos = model.generation_config.eos_token_id if model.generation_config else None
         eos = eos if isinstance(eos, list) else [eos if eos is not None else tokenizer.eos_token_id]
@@ -31,15 +87,10 @@ class HFPolicy:
         self.generator.manual_seed(seed)
 
     def render(self, task, problem) -> str:
-        if self.chat:
-            return self.tokenizer.apply_chat_template(
-                task.chat_messages(problem), add_generation_prompt=True, tokenize=False
-            )
-        return task.prompt(problem)
+        return render_prompt(self.tokenizer, task, problem)
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
-        # chat-template text already holds its special tokens; plain prompts get the tokenizer's (e.g. <bos>)
-        return self.tokenizer(list(texts), add_special_tokens=not self.chat)["input_ids"]
+        return encode_prompts(self.tokenizer, texts)
 
     def rule(self, stops: tuple[str, ...]) -> StopRule:
         if stops not in self._rules:

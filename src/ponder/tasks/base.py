@@ -27,6 +27,13 @@ class Problem:
     reference: str | None = None
     meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "question": self.question, "reference": self.reference, "meta": self.meta}
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> "Problem":
+        return Problem(d["id"], d["question"], d.get("reference"), d.get("meta") or {})
+
 
 class Task(ABC):
     """What a search needs to know about a kind of problem."""
@@ -69,6 +76,15 @@ class Task(ABC):
     def chat_messages(self, problem: Problem) -> list[dict[str, str]]:
         """The messages for an instruct model with a chat template (the steps follow the assistant tag)."""
         return [{"role": "user", "content": self.prompt(problem)}]
+
+    def judge_prompt(self, problem: Problem, steps: Sequence[str]) -> str:
+        """The LLM judge's value prompt for a state (answered with sure / likely / impossible)."""
+        work = "".join(steps).strip() or "(no steps yet)"
+        return (
+            f"Problem: {problem.question}\nPartial solution:\n{work}\n"
+            "Can this partial solution still lead to a correct final answer? "
+            "Answer with one word: sure, likely or impossible."
+        )
 
     @staticmethod
     def one_shot(instruction: str, example: str, ask: str) -> list[dict[str, str]]:

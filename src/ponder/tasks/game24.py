@@ -249,6 +249,15 @@ class Game24(Task):
             f"Now solve: {problem.question}",
         )
 
+    def judge_prompt(self, problem: Problem, steps: Sequence[str]) -> str:
+        # Tree of Thoughts' value prompt: judge the numbers still left, not the text
+        left = replay(self.numbers(problem), steps)
+        if left is None:
+            return "The last step broke the rules of the game. Can 24 still be reached? Answer: impossible, likely or sure."
+        nums = " ".join(fmt(x) for x in left)
+        return (f"Evaluate if the numbers {nums} can reach 24 using + - * / (each number once). "
+                "Answer with one word: sure, likely or impossible.")
+
     @staticmethod
     def numbers(problem: Problem) -> list[Fraction]:
         return [Fraction(x) for x in problem.meta["numbers"]]

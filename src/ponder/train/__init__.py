@@ -1,6 +1,7 @@
-"""Training: supervised (bootstrap and rejection-sampling fine-tuning); losses as small functions."""
+"""Training: supervised (bootstrap and rejection-sampling fine-tuning), step-level DPO, and the learned
+critics (value head, PRM, ORM); losses as small functions; trees -> training data."""
 
-from .losses import lm_loss
+from .losses import dpo_loss, lm_loss, soft_bce_loss, value_loss
 from .sft import SFTConfig, save_checkpoint, train_sft
 
-__all__ = ["SFTConfig", "lm_loss", "save_checkpoint", "train_sft"]
+__all__ = ["SFTConfig", "dpo_loss", "lm_loss", "save_checkpoint", "soft_bce_loss", "train_sft", "value_loss"]

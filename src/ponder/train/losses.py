@@ -16,3 +16,46 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> 
     nll = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")  # (B*T,)
     m = mask.flatten().float()
     return (nll * m).sum() / m.sum().clamp(min=1)
+
+
+def value_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Squared error of the value head's prediction against MCTS Q-values (AlphaLLM's value function).
+
+    L = sum_i m_i (sigmoid(z_i) - Q_i)^2 / sum_i m_i
+
+    logits, targets, mask: (N,) one per labelled state; targets in [0, 1].
+    """
+    m = mask.float()
+    return ((torch.sigmoid(logits.float()) - targets) ** 2 * m).sum() / m.sum().clamp(min=1)
+
+
+def soft_bce_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy with soft labels (Math-Shepherd's PRM; an ORM with hard 0/1 labels).
+
+    L = - sum_i m_i [y_i log sigmoid(z_i) + (1 - y_i) log(1 - sigmoid(z_i))] / sum_i m_i
+
+    y_i = the share of rollouts from step i that reach a correct answer (or the step's Q), in [0, 1].
+    logits, targets, mask: (N,).
+    """
+    m = mask.float()
+    bce = F.binary_cross_entropy_with_logits(logits.float(), targets.float(), reduction="none")
+    return (bce * m).sum() / m.sum().clamp(min=1)
+
+
+def dpo_loss(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    beta: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Direct preference optimisation (Rafailov et al. 2023), here on sibling *steps* under one prefix.
+
+    L = - log sigmoid( beta * [ (log pi(y_w|x) - log pi_ref(y_w|x)) - (log pi(y_l|x) - log pi_ref(y_l|x)) ] )
+
+    Each argument is (B,): the summed log-probability of the chosen (w) or rejected (l) step's tokens
+    given the problem and the steps before it. Returns the mean loss and the per-pair implicit reward
+    margins beta * (...) (B,), whose sign says whether the policy already prefers the chosen step.
+    """
+    margin = beta * ((policy_chosen - ref_chosen) - (policy_rejected - ref_rejected))  # (B,)
+    return -F.logsigmoid(margin).mean(), margin.detach()

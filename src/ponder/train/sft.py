@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ import torch
 
 from ..config import check_literals, check_positive, option
 from ..errors import PonderError
+from ..io import atomic_dir
 from .losses import lm_loss
 
 
@@ -60,15 +60,9 @@ def batch_tensors(tokenizer, texts: Sequence[str], max_len: int, device) -> tupl
 
 def save_checkpoint(model, tokenizer, out: Path) -> None:
     """Write a model folder atomically: a crash mid-write never leaves a half checkpoint at ``out``."""
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    old = out.with_name(out.name + ".old")
-    if out.exists():
-        out.rename(old)
-    tmp.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
 
 
 def lr_at(step: int, cfg: SFTConfig) -> float:

@@ -1,0 +1,66 @@
+"""An LLM-as-judge critic: Tree of Thoughts' value prompt, read off the next-token distribution.
+
+The model is asked whether a partial solution can still reach a correct answer and to reply with one
+word, ``sure``, ``likely`` or ``impossible`` (Yao et al. 2023, the Game of 24 value prompt). Instead
+of sampling the reply, one forward pass reads the probability of each word's first token, and the
+score is the expected value under those three, renormalised::
+
+    score = sum_w p(w) v(w) / sum_w p(w),   v(sure) = 1, v(likely) = 0.5, v(impossible) = 0
+
+which is what ToT estimates by sampling the value prompt several times, at the cost of one pass.
+Meant for pretrained instruct models (SmolLM2, Gemma, your own); a model trained from scratch on
+puzzle traces has never seen the prompt and gives noise.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from ..tasks import Problem, Task
+
+WORDS: dict[str, float] = {"sure": 1.0, "likely": 0.5, "impossible": 0.0}
+
+
+class Judge:
+    """Scores states with the policy model itself (or any HF causal LM) through the value prompt."""
+
+    def __init__(self, policy, task: Task, max_batch: int = 16):
+        self.model, self.tokenizer, self.task = policy.model, policy.tokenizer, task
+        self.name = "judge"
+        self.max_batch = max_batch
+        # every spelling's first token: " sure", "sure", "Sure" may each be one token
+        self.word_ids: dict[str, list[int]] = {}
+        for w in WORDS:
+            ids = {self.tokenizer(v, add_special_tokens=False)["input_ids"][0] for v in (w, " " + w, w.capitalize(), " " + w.capitalize())}
+            self.word_ids[w] = sorted(ids)
+        firsts = [set(v) for v in self.word_ids.values()]
+        if any(a & b for i, a in enumerate(firsts) for b in firsts[i + 1 :]):
+            raise ValueError("the judge's answer words share a first token in this tokenizer")
+
+    def prompt(self, problem: Problem, steps: Sequence[str]) -> str:
+        from ..models.hf import has_chat
+
+        text = self.task.judge_prompt(problem, steps)
+        if has_chat(self.tokenizer):
+            return self.tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False)
+        return text + "\nAnswer:"
+
+    @torch.no_grad()
+    def score(self, problems: Sequence[Problem], steps: Sequence[Sequence[str]]) -> list[float]:
+        from ..models.hf import encode_prompts
+        from ..models.sampler import left_pad
+
+        values = torch.tensor(list(WORDS.values()))
+        out: list[float] = []
+        for i in range(0, len(problems), self.max_batch):
+            texts = [self.prompt(p, s) for p, s in zip(problems[i : i + self.max_batch], steps[i : i + self.max_batch])]
+            ids, mask = left_pad(encode_prompts(self.tokenizer, texts), self.tokenizer.pad_token_id)
+            pos = (mask.cumsum(-1) - 1).clamp(min=0)
+            logits = self.model(input_ids=ids.to(self.model.device), attention_mask=mask.to(self.model.device),
+                                position_ids=pos.to(self.model.device), logits_to_keep=1).logits[:, -1]  # (B, V)
+            probs = torch.softmax(logits.float(), -1).cpu()
+            mass = torch.stack([probs[:, self.word_ids[w]].sum(-1) for w in WORDS], -1)  # (B, 3)
+            out += ((mass * values).sum(-1) / mass.sum(-1).clamp(min=1e-12)).tolist()
+        return out

@@ -1,0 +1,607 @@
+"""``ponder improve``: the self-improvement loop (AlphaLLM), with critics that learn alongside the policy.
+
+Each iteration i = 1..N:
+
+1. **imagine**: new training problems (never a test problem, never a validation one);
+2. **search**: MCTS over them with the current policy, guided by the critics of iteration i-1
+   (iteration 1 has none yet and values leaves by verifier-scored rollouts alone);
+3. **extract**: verified traces (SFT), sibling step pairs (DPO), per-step targets (value, PRM, ORM)
+   from the trees of the last ``replay`` iterations (verified traces from every iteration so far);
+4. **train**: the policy by rejection-sampling fine-tuning, then step-level DPO against the
+   fine-tuned model; the critics (unlike AlphaLLM's, which stay frozen) by further training on the
+   new trees (``retrain_critics=False`` freezes them after iteration 1, as in the paper);
+5. **evaluate** on the test split: greedy, best-of-N and MCTS at a fixed token budget;
+6. **watch** for collapse on held-out validation problems: sample diversity, per-token entropy and
+   validation accuracy; a drop can roll the next iteration back to the best checkpoint.
+
+Iteration 0 is the starting policy (the tiny model bootstrapped from scratch on random legal
+traces, or ``--model``), evaluated the same way.
+
+The run folder holds the resolved config (``config.yaml``), ``metrics.jsonl`` (a line per finished
+iteration), every checkpoint and search tree, and ``report.md`` with plots. Every phase records
+itself in ``iter-I/phases.json`` when it finishes, and the search and evaluation files are
+append-only JSONL written as each batch finishes, so ``--resume`` after a crash or ``kill -9``
+redoes only the unfinished phase and loses no finished search.
+"""
+
+# No ``from __future__ import annotations``: ``config.build`` resolves the nested config types.
+import json
+import random
+import shutil
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Literal, Sequence
+
+from .config import build, check_literals, check_positive, nested, option, to_dict
+from .critics import Mixture
+from .errors import PonderError
+from .io import read_jsonl_rows, write_jsonl, write_text
+from .models.tiny import TinyConfig
+from .search.mcts import MCTSConfig
+from .tasks import Problem, Task, get_task
+from .train.critic import CriticConfig
+from .train.dpo import DPOConfig
+from .train.sft import SFTConfig
+
+PolicyUpdate = Literal["sft", "sft+dpo", "none"]
+CRITIC_KINDS = ("value", "prm", "orm")
+
+
+def _bootstrap_defaults() -> SFTConfig:
+    """Bootstrap of the from-scratch model on random legal traces."""
+    return SFTConfig(steps=900)
+
+
+def _sft_defaults() -> SFTConfig:
+    """Rejection-sampling fine-tuning on verified traces, each iteration."""
+    return SFTConfig(steps=120, lr=5e-4, warmup=10, checkpoint_every=1000)
+
+
+def _search_defaults() -> MCTSConfig:
+    """MCTS over the imagined training problems."""
+    return MCTSConfig(simulations=12, k=4, k_max=6, rollouts=1, value_weight=0.5, max_nodes=96, seed=0)
+
+
+def _eval_mcts_defaults() -> MCTSConfig:
+    """MCTS at test time, stopped at a fixed token budget per problem (best-of-16's, about)."""
+    return MCTSConfig(simulations=64, token_budget=1200, k=4, k_max=6, rollouts=1, value_weight=0.5, max_nodes=256, seed=0)
+
+
+def _critic_defaults() -> CriticConfig:
+    """Critic training each iteration."""
+    return CriticConfig(steps=80)
+
+
+@dataclass
+class WatchConfig:
+    """The collapse watch, on held-out validation problems after each iteration."""
+
+    samples: int = option(8, "traces sampled per validation problem to measure diversity and entropy")
+    min_diversity: float = option(0.2, "warn when distinct traces / samples falls below this")
+    max_drop: float = option(0.1, "warn when validation accuracy falls this far below the best so far")
+    rollback: bool = option(True, "after a warning, start the next iteration from the best checkpoint")
+
+    def __post_init__(self):
+        check_positive(self, "samples")
+
+
+@dataclass
+class ImproveConfig:
+    """The self-improvement loop: imagine -> search -> learn -> evaluate, repeated."""
+
+    task: str = option("game24", "task to improve on")
+    data: str | None = option(None, "your own problem file for the task")
+    model: str | None = option(None, "starting policy (a model folder, .gguf or smollm2); None = bootstrap the tiny model")
+    iterations: int = option(3, "iterations of imagine -> search -> learn -> evaluate")
+    problems: int = option(64, "new training problems searched per iteration")
+    validation: int = option(32, "held-out training-distribution problems for the collapse watch")
+    search_batch: int = option(32, "problems searched together")
+    policy_update: PolicyUpdate = option("sft+dpo", "how the policy learns: sft, sft+dpo, or none")
+    sft_mix: float = option(0.25, "share of each SFT batch drawn from the task's synthetic traces (keeps the basics)")
+    traces_per_problem: int = option(4, "most distinct verified traces per problem for SFT")
+    pair_margin: float = option(0.2, "least Q gap between a chosen and a rejected sibling step")
+    critics: tuple[str, ...] = option(CRITIC_KINDS, "critics to train: any of value, prm, orm")
+    guide: str = option("value@1,prm@1", "critics (and weights) that guide MCTS from iteration 2 on")
+    prm_label: Literal["rollout", "q"] = option("rollout", "PRM step labels: rollout success share or MCTS Q")
+    retrain_critics: bool = option(True, "train critics every iteration (False: only after iteration 1, as AlphaLLM)")
+    replay: int = option(2, "iterations of trees that pairs and critic targets come from")
+    eval_limit: int | None = option(None, "first N test problems (None = the whole split)")
+    eval_n: int = option(16, "N of best-of-N at evaluation")
+    eval_methods: tuple[str, ...] = option(("greedy", "best-of-n", "mcts"), "decoding methods evaluated each iteration")
+    eval_batch: int = option(50, "problems evaluated together")
+    device: str | None = option(None, "torch device (default: cuda if available)")
+    seed: int = option(0, "seed of everything")
+    tiny: TinyConfig = nested(TinyConfig)
+    bootstrap: SFTConfig = nested(_bootstrap_defaults)
+    sft: SFTConfig = nested(_sft_defaults)
+    dpo: DPOConfig = nested(DPOConfig)
+    critic: CriticConfig = nested(_critic_defaults)
+    search: MCTSConfig = nested(_search_defaults)
+    eval_mcts: MCTSConfig = nested(_eval_mcts_defaults)
+    watch: WatchConfig = nested(WatchConfig)
+
+    def __post_init__(self):
+        check_positive(self, "iterations", "problems", "search_batch", "eval_n", "eval_batch", "replay", "traces_per_problem")
+        check_literals(self)
+        if self.validation < 0:
+            raise PonderError(f"--validation must be >= 0, got {self.validation}")
+        if not 0 <= self.sft_mix < 1:
+            raise PonderError(f"--sft-mix must be in [0, 1), got {self.sft_mix}")
+        bad = [c for c in self.critics if c not in CRITIC_KINDS]
+        if bad:
+            raise PonderError(f"--critics: unknown {', '.join(bad)}; choose from {', '.join(CRITIC_KINDS)}")
+        bad = [m for m in self.eval_methods if m not in ("greedy", "best-of-n", "mcts", "self-consistency")]
+        if bad:
+            raise PonderError(f"--eval-methods: unknown {', '.join(bad)}; choose from greedy, best-of-n, self-consistency, mcts")
+        for kind, _ in guide_terms(self.guide):
+            if kind not in self.critics:
+                raise PonderError(f"--guide uses the {kind} critic, which --critics does not train")
+
+
+def guide_terms(spec: str) -> list[tuple[str, float]]:
+    """``value@1,prm@0.5`` -> [("value", 1.0), ("prm", 0.5)]: learned critics the loop trains, with weights."""
+    from .critics import parse_critic
+
+    out = []
+    for term in spec.split(","):
+        kind, _, w = term.strip().partition("@")
+        if kind not in CRITIC_KINDS:
+            raise PonderError(f"--guide: {kind!r} is not a learned critic; choose from {', '.join(CRITIC_KINDS)}")
+        [t] = parse_critic(f"{kind}:-" + (f"@{w}" if w else ""))  # checks the weight
+        out.append((kind, t.weight))
+    return out
+
+
+# --- the run folder ---------------------------------------------------------------------------------
+
+
+class Run:
+    """A run folder: config, per-iteration phases and paths, metrics."""
+
+    def __init__(self, root: Path, cfg: ImproveConfig):
+        self.root, self.cfg = root, cfg
+
+    def it(self, i: int) -> Path:
+        return self.root / f"iter-{i}"
+
+    def phases(self, i: int) -> dict[str, Any]:
+        p = self.it(i) / "phases.json"
+        if not p.exists():
+            return {}
+        try:
+            return json.loads(p.read_text())
+        except json.JSONDecodeError:
+            raise PonderError(f"{p}: damaged (not JSON); delete it to redo iteration {i}") from None
+
+    def mark(self, i: int, phase: str, info: Any) -> None:
+        done = self.phases(i)
+        done[phase] = info
+        write_text(self.it(i) / "phases.json", json.dumps(done, indent=2))
+
+    def metrics(self) -> list[dict]:
+        from .evaluate import read_rows
+
+        return read_rows(self.root / "metrics.jsonl")  # a line torn by a crash is dropped
+
+
+def open_run(root: str | Path, cfg: ImproveConfig | None, resume: bool) -> Run:
+    """Create a run folder, or reopen one to resume. Resuming with a different config is refused."""
+    import yaml
+
+    root = Path(root)
+    path = root / "config.yaml"
+    if path.exists():
+        try:
+            saved = build(ImproveConfig, yaml.safe_load(path.read_text()) or {}, str(path))
+        except yaml.YAMLError:
+            raise PonderError(f"{path}: not a readable config") from None
+        if not resume:
+            raise PonderError(f"{root} already holds a run; continue it with --resume {root}, or choose another --out")
+        if cfg is not None and to_dict(cfg) != to_dict(saved):
+            diff = [k for k, v in to_dict(cfg).items() if to_dict(saved).get(k) != v]
+            raise PonderError(f"{root} was run with another config (differs in: {', '.join(diff)}); resume it without options")
+        return Run(root, saved)
+    if resume:
+        raise PonderError(f"nothing to resume: {path} not found")
+    root.mkdir(parents=True, exist_ok=True)
+    write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    return Run(root, cfg)
+
+
+# --- phases -------------------------------------------------------------------------------------------
+
+
+def say(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def held_out(task: Task, cfg: ImproveConfig) -> tuple[list[Problem], Callable[[int, set[str]], list[Problem]]]:
+    """The validation problems and a function giving iteration i's training problems.
+
+    Tasks that can imagine make new problems (never a test one); others draw from the train split.
+    Either way validation problems and earlier iterations' problems are never handed out again.
+    """
+    try:
+        pool_val = task.imagine(cfg.validation, seed=cfg.seed * 7919 + 1) if cfg.validation else []
+
+        def train(i: int, used: set[str]) -> list[Problem]:
+            out, seed = [], cfg.seed * 7919 + 100 + i
+            while len(out) < cfg.problems:
+                fresh = [p for p in task.imagine(cfg.problems * 2, seed) if p.question not in used]
+                out += [p for p in fresh if p.question not in {q.question for q in out}][: cfg.problems - len(out)]
+                seed += 1_000
+                if seed > cfg.seed * 7919 + 100 + i + 20_000:
+                    raise PonderError(f"{task.name}: cannot imagine {cfg.problems} new problems any more")
+            return out
+
+        return pool_val, train
+    except PonderError as e:
+        if "cannot imagine" not in str(e):
+            raise
+    pool = task.problems("train")
+    random.Random(cfg.seed).shuffle(pool)
+    val = pool[: cfg.validation]
+
+    def from_split(i: int, used: set[str]) -> list[Problem]:
+        rest = [p for p in pool[cfg.validation :] if p.question not in used]
+        if len(rest) < cfg.problems:
+            raise PonderError(f"{task.name}: the train split has no {cfg.problems} unused problems left for iteration {i}")
+        return rest[: cfg.problems]
+
+    return val, from_split
+
+
+def problem_rows(path: Path) -> list[Problem]:
+    return [Problem.from_dict(r) for r in read_jsonl_rows(path)]
+
+
+class Improver:
+    """Runs the phases of each iteration, skipping the ones a previous run already finished."""
+
+    def __init__(self, run: Run, progress: bool = True):
+        self.run, self.cfg, self.progress = run, run.cfg, progress
+        self.task = get_task(self.cfg.task, self.cfg.data)
+        self.val, self.new_problems = held_out(self.task, self.cfg)
+        self._policy_cache: tuple[str, Any] | None = None
+
+    # --- models -----------------------------------------------------------------------------------
+    def policy(self, spec: str):
+        from .models import load_policy
+
+        if self._policy_cache is None or self._policy_cache[0] != spec:
+            self._policy_cache = (spec, load_policy(spec, device=self.cfg.device, seed=self.cfg.seed))
+        return self._policy_cache[1]
+
+    def policy_path(self, i: int) -> str:
+        """The policy that iteration i ended with (iteration 0: the starting model)."""
+        info = self.run.phases(i)
+        if "policy" not in info:
+            raise PonderError(f"iteration {i} has no policy yet")
+        return info["policy"]
+
+    def start_policy(self, i: int) -> str:
+        """The policy iteration i starts from: iteration i-1's, or the best one after a rollback."""
+        watch = self.run.phases(i - 1).get("watch") or {}
+        return watch.get("next_policy") or self.policy_path(i - 1)
+
+    def critic_dir(self, i: int, kind: str) -> Path | None:
+        """The newest critic of this kind trained at or before iteration i."""
+        for j in range(i, 0, -1):
+            d = self.run.it(j) / "critics" / kind
+            if (d / "critic.json").exists() and "critics" in self.run.phases(j):
+                return d
+        return None
+
+    def guide(self, i: int, policy):
+        """The critic mix that guides search with iteration i's critics, or None before any exist."""
+        from .critics import get_critic
+
+        terms = []
+        for kind, weight in guide_terms(self.cfg.guide):
+            d = self.critic_dir(i, kind)
+            if d is not None:
+                terms.append(f"{kind}:{d}@{weight}")
+        return get_critic(",".join(terms), self.task, policy) if terms else None
+
+    # --- iteration 0 --------------------------------------------------------------------------------
+    def iteration0(self) -> None:
+        run, cfg = self.run, self.cfg
+        if "policy" not in run.phases(0):
+            if cfg.model:
+                run.mark(0, "policy", cfg.model)
+            else:
+                from .models.tiny import tiny_model
+                from .train import train_sft
+
+                out = run.it(0) / "policy"
+                say(f"bootstrap: the tiny model from scratch on {cfg.bootstrap.steps} x {cfg.bootstrap.batch_size} random legal traces")
+                model, tok = tiny_model(cfg.tiny, seed=cfg.seed)
+                t0 = time.time()
+                seed = cfg.bootstrap.seed
+                train_sft(model, tok, lambda n, step: self.task.bootstrap_texts(n, seed * 1_000_003 + step),
+                          cfg.bootstrap, out, progress=self.progress)
+                run.mark(0, "policy", str(out))
+                run.mark(0, "bootstrap", {"seconds": round(time.time() - t0, 1)})
+        self.evaluate_and_watch(0)
+
+    # --- iterations ---------------------------------------------------------------------------------
+    def iteration(self, i: int) -> None:
+        run, cfg = self.run, self.cfg
+        it = run.it(i)
+        it.mkdir(parents=True, exist_ok=True)
+        start = self.start_policy(i)
+        if "imagine" not in run.phases(i):
+            used = {p.question for p in self.val}
+            for j in range(1, i):
+                used |= {p.question for p in problem_rows(run.it(j) / "problems.jsonl")}
+            problems = self.new_problems(i, used)
+            write_jsonl(it / "problems.jsonl", [p.to_dict() for p in problems])
+            run.mark(i, "imagine", {"problems": len(problems)})
+        problems = problem_rows(it / "problems.jsonl")
+
+        if "search" not in run.phases(i):
+            from .evaluate import run_eval
+
+            policy = self.policy(start)
+            guide = self.guide(i - 1, policy)
+            scfg = cfg.search if guide is not None else replace(cfg.search, value_weight=0.0)
+            say(f"iteration {i}: MCTS over {len(problems)} training problems "
+                f"({'guided by ' + guide.name if guide else 'rollouts only: no critics yet'})")
+            t0 = time.time()
+            s, _ = run_eval(self.task, policy, "mcts", scfg, problems, it / "search.jsonl", guide, cfg.search_batch,
+                            cfg.seed + i, {"phase": "search", "iteration": i, "policy": start}, self.progress, save_trees=True)
+            run.mark(i, "search", {"solved": s.accuracy, "tokens_generated": s.tokens_generated,
+                                   "seconds": round(time.time() - t0, 1), "guide": guide.name if guide else None})
+
+        if "extract" not in run.phases(i):
+            run.mark(i, "extract", self.extract(i))
+
+        if "policy" not in run.phases(i):
+            run.mark(i, "policy", self.train_policy(i, start))
+
+        if "critics" not in run.phases(i):
+            run.mark(i, "critics", self.train_critics(i))
+        self.evaluate_and_watch(i)
+
+    def extract(self, i: int) -> dict:
+        from .search.tree import Node
+        from .train import data
+
+        it = self.run.it(i)
+        sft, pairs = [], []
+        crit: dict[str, list] = {k: [] for k in CRITIC_KINDS}
+        labels = {"value": data.value_label, "prm": data.prm_label(self.cfg.prm_label), "orm": data.orm_label}
+        for j in range(1, i + 1):
+            rows = read_jsonl_rows(self.run.it(j) / "search.jsonl")
+            recent = j > i - self.cfg.replay
+            for r in rows:
+                problem = Problem(r["problem_id"], r["question"], r.get("reference"), r.get("meta") or {})
+                tree = Node.from_dict(r["tree"])
+                sft += data.verified_traces(problem, tree, self.task, [r["steps"]], self.cfg.traces_per_problem)
+                if recent:
+                    pairs += data.step_pairs(problem, tree, self.cfg.pair_margin)
+                    for k in CRITIC_KINDS:
+                        crit[k] += data.critic_records(problem, tree, labels[k])
+        (it / "data").mkdir(exist_ok=True)
+        write_jsonl(it / "data" / "sft.jsonl", sft)
+        write_jsonl(it / "data" / "pairs.jsonl", pairs)
+        for k, recs in crit.items():
+            write_jsonl(it / "data" / f"{k}.jsonl", recs)
+        counts = {"sft": len(sft), "pairs": len(pairs), **{k: len(v) for k, v in crit.items()}}
+        say(f"iteration {i}: data {counts}")
+        return counts
+
+    def train_policy(self, i: int, start: str) -> str:
+        """SFT on verified traces, then step-DPO against the fine-tuned model; returns the new policy's path."""
+        from .models.hf import render_prompt
+        from .train import save_checkpoint, train_sft
+        from .train.dpo import train_dpo
+
+        cfg, it = self.cfg, self.run.it(i)
+        if cfg.policy_update == "none":
+            return start
+        sft = read_jsonl_rows(it / "data" / "sft.jsonl")
+        info: dict[str, Any] = {}
+        policy = self.policy(start)
+        self._policy_cache = None  # the model is trained in place below
+        if sft:
+            texts = [render_prompt(policy.tokenizer, self.task, Problem.from_dict(r["problem"])) + "".join(r["steps"]) for r in sft]
+            mix = cfg.sft_mix if self._has_bootstrap() else 0.0
+
+            def batch(n: int, step: int) -> list[str]:
+                rng = random.Random(cfg.sft.seed * 1_000_003 + step + 7 * i)
+                k = round(n * mix)
+                extra = self.task.bootstrap_texts(k, rng.randrange(1 << 30)) if k else []
+                return [rng.choice(texts) for _ in range(n - k)] + extra
+
+            say(f"iteration {i}: SFT on {len(texts)} verified traces ({cfg.sft.steps} steps)")
+            t0 = time.time()
+            losses = train_sft(policy.model, policy.tokenizer, batch, cfg.sft, it / "policy-sft", progress=self.progress)
+            info["sft"] = {"traces": len(texts), "loss_first": losses[0], "loss_last": losses[-1], "seconds": round(time.time() - t0, 1)}
+        else:
+            say(f"iteration {i}: no verified trace to fine-tune on; SFT skipped")
+        out = it / "policy"
+        pairs = read_jsonl_rows(it / "data" / "pairs.jsonl")
+        if cfg.policy_update == "sft+dpo" and pairs:
+            say(f"iteration {i}: step-level DPO on {len(pairs)} sibling pairs")
+            t0 = time.time()
+            try:
+                info["dpo"] = {**train_dpo(policy, self.task, pairs, cfg.dpo, it / "dpo.losses.jsonl", self.progress),
+                               "seconds": round(time.time() - t0, 1)}
+            except PonderError as e:  # a NaN: keep the SFT checkpoint, say so, go on
+                say(f"iteration {i}: {e}; the policy stays as after SFT")
+                info["dpo"] = {"error": str(e)}
+                if sft:
+                    policy = self.policy(str(it / "policy-sft"))
+        if not sft and "dpo" not in info:
+            return start
+        save_checkpoint(policy.model, policy.tokenizer, out)
+        write_text(it / "policy-train.json", json.dumps(info, indent=2))
+        shutil.rmtree(it / "policy-sft", ignore_errors=True)
+        return str(out)
+
+    def train_critics(self, i: int) -> dict:
+        from .critics.scalar import ScalarCritic
+        from .train.critic import train_critic
+
+        cfg, it = self.cfg, self.run.it(i)
+        if not cfg.retrain_critics and i > 1:
+            return {"frozen": True}
+        out: dict[str, Any] = {}
+        for kind in cfg.critics:
+            records = read_jsonl_rows(it / "data" / f"{kind}.jsonl")
+            if not records:
+                out[kind] = {"skipped": "no labels"}
+                continue
+            prev = self.critic_dir(i - 1, kind)
+            critic = (ScalarCritic.load(prev, self.task, device=self.cfg.device) if prev is not None
+                      else ScalarCritic.from_policy(self.policy(self.policy_path(i)), self.task, kind, seed=cfg.seed))
+            say(f"iteration {i}: train the {kind} critic on {len(records)} paths" + (f" (from {prev})" if prev else ""))
+            t0 = time.time()
+            try:
+                metrics = train_critic(critic, records, replace(cfg.critic, seed=cfg.critic.seed + i),
+                                       it / "critics.losses.jsonl", self.progress)
+            except PonderError as e:
+                say(f"iteration {i}: {e}; the {kind} critic stays as it was")
+                out[kind] = {"error": str(e)}
+                continue
+            critic.save(it / "critics" / kind)
+            out[kind] = {**metrics, "seconds": round(time.time() - t0, 1)}
+        return out
+
+    def _has_bootstrap(self) -> bool:
+        try:
+            self.task.bootstrap_texts(1, 0)
+            return True
+        except PonderError:
+            return False
+
+    # --- evaluation and the collapse watch ----------------------------------------------------------
+    def eval_setup(self, method: str, i: int, policy):
+        """(config, critic) of an evaluation method at iteration i."""
+        from .search import get_method
+        from .critics import Verifier, get_critic
+
+        cfg = self.cfg
+        if method == "greedy":
+            return get_method("greedy").config(), None
+        if method == "self-consistency":
+            return get_method("self-consistency").config(n=cfg.eval_n), None
+        if method == "best-of-n":
+            if self.task.checkable:
+                return get_method("best-of-n").config(n=cfg.eval_n), Verifier(self.task)
+            orm = self.critic_dir(i, "orm")
+            if orm is None:
+                return None, None  # nothing honest to rank by yet
+            return get_method("best-of-n").config(n=cfg.eval_n), get_critic(f"orm:{orm}", self.task, policy)
+        guide = self.guide(i, policy)
+        mcfg = cfg.eval_mcts
+        if not self.task.checkable:  # no reading the gold answer at test time: critics only
+            if guide is None:
+                return None, None
+            mcfg = replace(mcfg, rollouts=0, value_weight=1.0, prefer_verified=False)
+        elif guide is None:
+            mcfg = replace(mcfg, value_weight=0.0)
+        return mcfg, guide
+
+    def evaluate_and_watch(self, i: int) -> None:
+        from .evaluate import run_eval
+
+        run, cfg = self.run, self.cfg
+        it = run.it(i)
+        if "eval" not in run.phases(i):
+            policy = self.policy(self.policy_path(i))
+            test = self.task.problems("test")[: cfg.eval_limit]
+            results = {}
+            for method in cfg.eval_methods:
+                mcfg, critic = self.eval_setup(method, i, policy)
+                if mcfg is None:
+                    continue
+                say(f"iteration {i}: evaluate {method} on {len(test)} test problems")
+                settings = {"phase": "eval", "iteration": i, "policy": self.policy_path(i),
+                            "critic": getattr(critic, "name", None)}
+                s, _ = run_eval(self.task, policy, method, mcfg, test, it / f"eval-{method}.jsonl", critic,
+                                cfg.eval_batch, cfg.seed, settings, self.progress)
+                results[method] = {"accuracy": s.accuracy, "tokens_generated": s.tokens_generated,
+                                   "tokens_read": s.tokens_read, "seconds": round(s.seconds, 1), "problems": s.problems,
+                                   "critic": getattr(critic, "name", None)}
+            run.mark(i, "eval", results)
+        if "watch" not in run.phases(i):
+            run.mark(i, "watch", self.watch(i))
+        self.record(i)
+
+    def watch(self, i: int) -> dict:
+        """Validation accuracy (greedy), sample diversity and per-token entropy of the policy.
+
+        diversity = distinct traces / samples, averaged over problems; entropy = the mean of
+        -log pi(token) over sampled tokens at temperature 1, a Monte-Carlo estimate of the policy's
+        per-token entropy. A policy collapsing onto a few traces shows both falling.
+        """
+        from .evaluate import run_eval
+        from .models import SamplingParams
+        from .search import SearchEnv, get_method
+
+        cfg = self.cfg
+        if not self.val:
+            return {}
+        policy = self.policy(self.policy_path(i))
+        g, _ = run_eval(self.task, policy, "greedy", get_method("greedy").config(), self.val, None,
+                        batch=cfg.eval_batch, seed=cfg.seed, progress=False)
+        env = SearchEnv(policy, self.task)
+        if hasattr(policy, "seed"):
+            policy.seed(cfg.seed)
+        params = SamplingParams(1.0, 1.0, self.task.max_step_tokens * self.task.max_steps, stop=())
+        distinct, nll, tokens = [], 0.0, 0
+        for k in range(0, len(self.val), cfg.eval_batch):
+            chunk = self.val[k : k + cfg.eval_batch]
+            out = policy.sample([env.prompt(p) for p in chunk], cfg.watch.samples, params)
+            for samples in out.steps:
+                distinct.append(len({s.text for s in samples}) / len(samples))
+                nll -= sum(s.logprob for s in samples)
+                tokens += sum(s.num_tokens for s in samples)
+        diversity = sum(distinct) / len(distinct)
+        entropy = nll / max(1, tokens)
+        prev = [m["watch"]["val_accuracy"] for m in self.run.metrics() if m.get("watch") and m["iteration"] < i]
+        best = max(prev, default=None)
+        warnings = []
+        if diversity < cfg.watch.min_diversity:
+            warnings.append(f"sample diversity {diversity:.2f} < {cfg.watch.min_diversity}")
+        if best is not None and g.accuracy < best - cfg.watch.max_drop:
+            warnings.append(f"validation accuracy {g.accuracy:.2f} fell more than {cfg.watch.max_drop} below the best {best:.2f}")
+        out = {"val_accuracy": g.accuracy, "diversity": round(diversity, 4), "entropy": round(entropy, 4), "warnings": warnings}
+        for w in warnings:
+            say(f"collapse watch, iteration {i}: {w}")
+        if warnings and cfg.watch.rollback and prev:
+            best_i = max((m for m in self.run.metrics() if m.get("watch") and m["iteration"] < i),
+                         key=lambda m: m["watch"]["val_accuracy"])["iteration"]
+            out["next_policy"] = self.policy_path(best_i)
+            say(f"collapse watch: iteration {i + 1} starts from iteration {best_i}'s policy")
+        return out
+
+    def record(self, i: int) -> None:
+        """Append iteration i's metrics line (once) and rewrite the report."""
+        from .report.run_report import write_report
+
+        if not any(m["iteration"] == i for m in self.run.metrics()):
+            ph = self.run.phases(i)
+            line = {"iteration": i, "policy": ph.get("policy"), "eval": ph.get("eval", {}), "watch": ph.get("watch", {}),
+                    "search": ph.get("search"), "data": ph.get("extract"), "critics": ph.get("critics")}
+            train = self.run.it(i) / "policy-train.json"
+            if train.exists():
+                line["policy_train"] = json.loads(train.read_text())
+            with (self.run.root / "metrics.jsonl").open("a") as fh:
+                fh.write(json.dumps(line) + "\n")
+        write_report(self.run.root, self.run.metrics(), self.cfg)
+
+    def run_all(self) -> None:
+        self.iteration0()
+        for i in range(1, self.cfg.iterations + 1):
+            self.iteration(i)
+
+
+def improve(out: str | Path, cfg: ImproveConfig | None = None, resume: bool = False, progress: bool = True) -> Path:
+    """Run (or resume) the loop in ``out``; returns the report's path."""
+    run = open_run(out, cfg, resume)
+    Improver(run, progress).run_all()
+    return run.root / "report.md"

@@ -1,0 +1,129 @@
+"""Training the learned critics (value head, PRM, ORM) on labelled paths from search trees.
+
+Each record is a root-to-leaf path with a label (or ``None``) per step; one forward pass gives the
+critic's logit after every step and the loss is taken over the labelled ones: squared error for the
+value head (regression on Q), soft binary cross-entropy for the PRM and ORM. A held-out share of the
+problems measures the critic against the trivial predictor (the training labels' mean), so a report
+can say whether the critic learned anything.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from ..config import check_positive, option
+from ..errors import PonderError
+from ..tasks import Problem
+from .losses import soft_bce_loss, value_loss
+
+
+@dataclass
+class CriticConfig:
+    """Training a value head, PRM or ORM."""
+
+    steps: int = option(150, "optimizer steps")
+    batch_size: int = option(32, "paths per step")
+    lr: float = option(5e-4, "learning rate (AdamW) of the head; the backbone gets lr / 5")
+    tune_backbone: bool = option(True, "train the backbone copy too (False: the head alone, cheap for large models)")
+    holdout: float = option(0.1, "share of problems held out to measure the critic")
+    seed: int = option(0, "seed for shuffling and the holdout split")
+
+    def __post_init__(self):
+        check_positive(self, "steps", "batch_size", "lr")
+        if not 0 <= self.holdout < 1:
+            raise PonderError(f"--holdout must be in [0, 1), got {self.holdout}")
+
+
+def _flat(critic, records: Sequence[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(logits, targets, mask), each (N,) over every step of every record."""
+    problems = [Problem.from_dict(r["problem"]) for r in records]
+    logits = torch.cat(critic.step_logits(problems, [r["steps"] for r in records]))
+    labels = [y for r in records for y in r["labels"]]
+    targets = torch.tensor([0.0 if y is None else float(y) for y in labels], device=logits.device)
+    mask = torch.tensor([y is not None for y in labels], device=logits.device)
+    return logits, targets, mask
+
+
+def loss_for(kind: str):
+    return value_loss if kind == "value" else soft_bce_loss
+
+
+@torch.no_grad()
+def measure(critic, records: Sequence[dict], baseline: float) -> dict:
+    """Held-out loss of the critic and of always predicting ``baseline``; accuracy at 0.5 for the
+    classifiers (PRM, ORM): how often sigmoid(z) > 0.5 agrees with label > 0.5."""
+    if not records:
+        return {}
+    critic.backbone.eval()
+    logits, targets, mask = _flat(critic, records)
+    loss = loss_for(critic.kind)
+    const = torch.full_like(targets, float(torch.logit(torch.tensor(min(max(baseline, 1e-4), 1 - 1e-4)))))
+    out = {"holdout_loss": loss(logits, targets, mask).item(), "holdout_baseline_loss": loss(const, targets, mask).item(),
+           "holdout_labels": int(mask.sum())}
+    if critic.kind != "value":
+        agree = ((torch.sigmoid(logits) > 0.5) == (targets > 0.5)) & mask
+        out["holdout_accuracy"] = agree.sum().item() / max(1, int(mask.sum()))
+    return out
+
+
+def train_critic(critic, records: Sequence[dict], cfg: CriticConfig, log: Path | None = None, progress: bool = True) -> dict:
+    """Fit ``critic`` (a ``ScalarCritic``) to ``records``; returns train and held-out metrics.
+
+    A NaN or infinite loss stops training with a ``PonderError`` before the critic is saved.
+    """
+    from tqdm import tqdm
+
+    if not records:
+        raise PonderError(f"no labelled paths to train the {critic.kind} critic on")
+    rng = random.Random(cfg.seed)
+    ids = sorted({r["problem"]["id"] for r in records})
+    rng.shuffle(ids)
+    held = set(ids[: int(len(ids) * cfg.holdout)]) if len(ids) >= 10 else set()
+    train = [r for r in records if r["problem"]["id"] not in held]
+    test = [r for r in records if r["problem"]["id"] in held]
+    labels = [y for r in train for y in r["labels"] if y is not None]
+    baseline = sum(labels) / max(1, len(labels))
+
+    torch.manual_seed(cfg.seed)
+    for p in critic.backbone.parameters():
+        p.requires_grad_(cfg.tune_backbone)
+    params = list(critic.head.parameters()) + (list(critic.backbone.parameters()) if cfg.tune_backbone else [])
+    groups = [{"params": list(critic.head.parameters()), "lr": cfg.lr}]
+    if cfg.tune_backbone:
+        groups.append({"params": list(critic.backbone.parameters()), "lr": cfg.lr / 5})
+    opt = torch.optim.AdamW(groups, weight_decay=0.01)
+    loss_fn = loss_for(critic.kind)
+    losses = []
+    fh = log.open("a") if log else None
+    bar = tqdm(range(cfg.steps), desc=f"train {critic.kind}", disable=not progress, dynamic_ncols=True)
+    try:
+        for step in bar:
+            critic.backbone.train(cfg.tune_backbone)
+            batch = rng.sample(train, min(cfg.batch_size, len(train)))
+            loss = loss_fn(*_flat(critic, batch))
+            if not torch.isfinite(loss):
+                raise PonderError(f"{critic.kind} critic training stopped: loss is {loss.item()} at step {step}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+            if fh:
+                fh.write(json.dumps({"critic": critic.kind, "step": step, "loss": round(losses[-1], 6)}) + "\n")
+    finally:
+        bar.close()
+        if fh:
+            fh.close()
+        for p in critic.backbone.parameters():
+            p.requires_grad_(False)
+        critic.backbone.eval()
+    tail = losses[-max(1, len(losses) // 10):]
+    return {"kind": critic.kind, "paths": len(train), "labels": len(labels), "label_mean": baseline,
+            "train_loss": sum(tail) / len(tail), **measure(critic, test, baseline)}

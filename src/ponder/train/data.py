@@ -1,0 +1,107 @@
+"""Search trees -> training data: verified traces (SFT), sibling step pairs (step-level DPO), and
+per-step targets for the value head, the PRM and the ORM.
+
+Every function reads the one ``Node`` tree that every search method builds, so any method's output
+can train the policy and the critics. Records are plain dicts (JSONL-ready) that carry the problem.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Literal, Sequence
+
+from ..search.tree import Node
+from ..tasks import Problem, Task
+
+Record = dict[str, Any]
+
+
+def verified_traces(problem: Problem, tree: Node, task: Task, extra: Iterable[Sequence[str]] = (),
+                    limit: int = 4) -> list[Record]:
+    """Up to ``limit`` distinct traces the verifier rates 1: the tree's rewarded terminal paths (most
+    visited first) and any ``extra`` traces (e.g. a search's answer found by a rollout)."""
+    leaves = sorted((n for n in tree if n.terminal and (n.reward or 0) >= 1), key=lambda n: -n.visits)
+    seen: set[tuple[str, ...]] = set()
+    out = []
+    for steps in [tuple(n.steps()) for n in leaves] + [tuple(s) for s in extra]:
+        if steps and steps not in seen and task.reward(problem, steps) >= 1:
+            seen.add(steps)
+            out.append({"problem": problem.to_dict(), "steps": list(steps)})
+        if len(out) >= limit:
+            break
+    return out
+
+
+def step_pairs(problem: Problem, tree: Node, margin: float, per_node: int = 2) -> list[Record]:
+    """Preference pairs of sibling steps under one prefix: chosen = the best-valued child, rejected =
+    each sibling whose Q is at least ``margin`` lower (lowest first, up to ``per_node`` per prefix).
+
+    Only evaluated children (visits > 0) take part, so every Q compared is a real estimate.
+    """
+    out = []
+    for node in tree:
+        kids = sorted((c for c in node.children if c.visits > 0), key=lambda c: -c.q)
+        if len(kids) < 2:
+            continue
+        best = kids[0]
+        losers = [c for c in reversed(kids[1:]) if best.q - c.q >= margin][:per_node]
+        for c in losers:
+            out.append({
+                "problem": problem.to_dict(), "prefix": node.steps(), "chosen": best.step, "rejected": c.step,
+                "q_chosen": best.q, "q_rejected": c.q,
+            })
+    return out
+
+
+def labelled_paths(tree: Node, label: Callable[[Node], float | None]) -> list[tuple[list[str], list[float | None]]]:
+    """Root-to-leaf paths with a label per step, each node labelled on one path only.
+
+    One forward pass over a path gives the critic's output after every step, so a tree's nodes are
+    covered by its leaves' paths; a node already labelled on an earlier path gets ``None`` on later
+    ones (no double weight), and paths that add no label are dropped.
+    """
+    done: set[int] = set()
+    out = []
+    for leaf in tree:
+        if leaf.children or leaf.parent is None:
+            continue
+        path = leaf.path()
+        labels: list[float | None] = []
+        for n in path:
+            y = label(n) if id(n) not in done else None
+            if y is not None:
+                done.add(id(n))
+            labels.append(y)
+        if any(y is not None for y in labels):
+            out.append(([n.step for n in path], labels))
+    return out
+
+
+LabelSource = Literal["rollout", "q"]
+
+
+def value_label(n: Node) -> float | None:
+    """V target: the node's Q (mean backed-up value) where it was evaluated."""
+    return n.q if n.visits > 0 else None
+
+
+def prm_label(source: LabelSource) -> Callable[[Node], float | None]:
+    """PRM target of a step: the share of its rollouts that reached a correct answer (Math-Shepherd's
+    soft label; a terminal step's own reward), or with ``source="q"`` the step's MCTS Q-value."""
+
+    def label(n: Node) -> float | None:
+        if n.terminal and n.reward is not None:
+            return float(n.reward)
+        if source == "rollout":
+            return n.scores.get("rollout")
+        return n.q if n.visits > 0 else None
+
+    return label
+
+
+def orm_label(n: Node) -> float | None:
+    """ORM target: the verifier's reward of a finished trace; nothing for unfinished states."""
+    return float(n.reward) if n.terminal and n.reward is not None else None
+
+
+def critic_records(problem: Problem, tree: Node, label: Callable[[Node], float | None]) -> list[Record]:
+    return [{"problem": problem.to_dict(), "steps": s, "labels": y} for s, y in labelled_paths(tree, label)]
