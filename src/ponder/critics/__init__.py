@@ -77,7 +77,7 @@ def _one(t: CriticSpec, task: Task, policy) -> Critic:
     device = str(pol.model.device) if pol is not None and hasattr(pol, "model") else None
     critic = ScalarCritic.load(t.path, task, device=device)
     if critic.kind != t.kind:
-        raise PonderError(f"{t.path}: a {critic.kind} critic, not a {t.kind} one")
+        raise PonderError(f"{t.path}: holds the {critic.kind} critic, not a {t.kind} one")
     return critic
 
 

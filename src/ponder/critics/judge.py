@@ -18,6 +18,7 @@ from typing import Sequence
 
 import torch
 
+from ..errors import PonderError
 from ..tasks import Problem, Task
 
 WORDS: dict[str, float] = {"sure": 1.0, "likely": 0.5, "impossible": 0.0}
@@ -30,14 +31,17 @@ class Judge:
         self.model, self.tokenizer, self.task = policy.model, policy.tokenizer, task
         self.name = "judge"
         self.max_batch = max_batch
-        # every spelling's first token: " sure", "sure", "Sure" may each be one token
+        # the first token of every spelling (" sure", "sure", "Sure", ...), except a blank one (a
+        # char-level tokenizer's " ") or one that two words share, which would say nothing
+        firsts = {w: {self.tokenizer(v, add_special_tokens=False)["input_ids"][0]
+                      for v in (w, " " + w, w.capitalize(), " " + w.capitalize())} for w in WORDS}
         self.word_ids: dict[str, list[int]] = {}
-        for w in WORDS:
-            ids = {self.tokenizer(v, add_special_tokens=False)["input_ids"][0] for v in (w, " " + w, w.capitalize(), " " + w.capitalize())}
-            self.word_ids[w] = sorted(ids)
-        firsts = [set(v) for v in self.word_ids.values()]
-        if any(a & b for i, a in enumerate(firsts) for b in firsts[i + 1 :]):
-            raise ValueError("the judge's answer words share a first token in this tokenizer")
+        for w, ids in firsts.items():
+            others = set().union(*(v for u, v in firsts.items() if u != w))
+            keep = sorted(i for i in ids - others if self.tokenizer.decode([i]).strip())
+            if not keep:
+                raise PonderError(f"the judge cannot tell {w!r} from the other answers in this tokenizer")
+            self.word_ids[w] = keep
 
     def prompt(self, problem: Problem, steps: Sequence[str]) -> str:
         from ..models.hf import has_chat

@@ -23,11 +23,11 @@ def verified_traces(problem: Problem, tree: Node, task: Task, extra: Iterable[Se
     seen: set[tuple[str, ...]] = set()
     out = []
     for steps in [tuple(n.steps()) for n in leaves] + [tuple(s) for s in extra]:
+        if len(out) >= limit:
+            break
         if steps and steps not in seen and task.reward(problem, steps) >= 1:
             seen.add(steps)
             out.append({"problem": problem.to_dict(), "steps": list(steps)})
-        if len(out) >= limit:
-            break
     return out
 
 

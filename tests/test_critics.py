@@ -1,0 +1,156 @@
+"""Learned critics (value head, PRM, ORM), the judge, mixtures, and the critic spec on the command line."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from conftest import small_tiny_model
+from ponder.critics import Mixture, Verifier, get_critic, parse_critic
+from ponder.critics.judge import Judge
+from ponder.critics.scalar import ScalarCritic, aggregate
+from ponder.errors import PonderError
+from ponder.models.hf import HFPolicy
+from ponder.tasks import Problem, get_task
+from ponder.train.critic import CriticConfig, train_critic
+
+TASK = get_task("game24")
+P = Problem("p", "4 6 8 10", meta={"numbers": [4, 6, 8, 10]})
+GOOD = ["10 - 6 = 4 (left: 4 8 4)\n", "4 + 4 = 8 (left: 8 8)\n"]
+BAD = ["10 + 8 = 18 (left: 4 6 18)\n", "18 - 6 = 12 (left: 4 12)\n"]
+
+
+@pytest.fixture()
+def policy():
+    model, tok = small_tiny_model(num_layers=2)
+    return HFPolicy(model, tok, name="tiny")
+
+
+def test_scores_are_one_probability_per_state(policy):
+    critic = ScalarCritic.from_policy(policy, TASK, "value")
+    scores = critic.score([P, P, P], [[], GOOD[:1], GOOD])
+    assert len(scores) == 3 and all(0 < s < 1 for s in scores)
+    # the critic's backbone is a copy: training it leaves the policy alone
+    assert critic.backbone is not policy.model.base_model
+    assert torch.equal(critic.backbone.embed_tokens.weight, policy.model.model.embed_tokens.weight)
+
+
+def test_step_logits_give_one_output_per_step(policy):
+    critic = ScalarCritic.from_policy(policy, TASK, "prm")
+    [z0, z2] = critic.step_logits([P, P], [[], GOOD])
+    assert z0.shape == (1,) and z2.shape == (2,)
+    # the output after step 1 does not depend on step 2 (causal backbone, read at each step's end)
+    [z1] = critic.step_logits([P], [GOOD[:1]])
+    assert z1[0].item() == pytest.approx(z2[0].item(), abs=1e-5)
+
+
+@pytest.mark.parametrize("how,expected", [("last", 0.5), ("min", 0.2), ("product", 0.9 * 0.2 * 0.5)])
+def test_prm_aggregation(how, expected):
+    assert aggregate(torch.tensor([0.9, 0.2, 0.5]), how) == pytest.approx(expected)
+
+
+def test_training_separates_good_from_bad_states_and_round_trips(policy, tmp_path):
+    """A value critic learns labels that depend on the state (a reachable 24 or not), on held-out problems too."""
+    rng_problems = TASK.imagine(40, seed=3)
+    records = []
+    for p in rng_problems:
+        nums = p.meta["numbers"]
+        good = TASK.random_trace(nums, __import__("random").Random(p.id))[:1]
+        label = float(TASK.can_reach(p, good))
+        records.append({"problem": p.to_dict(), "steps": good, "labels": [label]})
+    critic = ScalarCritic.from_policy(policy, TASK, "value")
+    before = critic.score([Problem.from_dict(r["problem"]) for r in records], [r["steps"] for r in records])
+    metrics = train_critic(critic, records, CriticConfig(steps=40, batch_size=16, lr=3e-3, holdout=0.2), progress=False)
+    assert metrics["holdout_labels"] > 0 and math.isfinite(metrics["holdout_loss"])
+    assert metrics["train_loss"] < metrics["holdout_baseline_loss"] * 1.5
+    after = critic.score([Problem.from_dict(r["problem"]) for r in records], [r["steps"] for r in records])
+    assert after != before
+    critic.save(tmp_path / "value")
+    loaded = ScalarCritic.load(tmp_path / "value", TASK, device="cpu")
+    assert loaded.kind == "value" and loaded.agg == "last"
+    again = loaded.score([Problem.from_dict(r["problem"]) for r in records], [r["steps"] for r in records])
+    assert again == pytest.approx(after, abs=1e-5)
+
+
+def test_value_critic_fits_a_rule(policy):
+    """Squared error falls well below always predicting the mean: the head + backbone learn."""
+    records = [{"problem": P.to_dict(), "steps": GOOD[:1], "labels": [1.0]},
+               {"problem": P.to_dict(), "steps": BAD[:1], "labels": [0.0]}] * 8
+    critic = ScalarCritic.from_policy(policy, TASK, "value")
+    train_critic(critic, records, CriticConfig(steps=60, batch_size=8, lr=3e-3, holdout=0.0), progress=False)
+    good, bad = critic.score([P, P], [GOOD[:1], BAD[:1]])
+    assert good > 0.8 and bad < 0.2
+
+
+def test_nan_critic_loss_stops(policy, monkeypatch):
+    import ponder.train.critic as tc
+
+    monkeypatch.setattr(tc, "value_loss", lambda *a: torch.tensor(float("nan"), requires_grad=True))
+    critic = ScalarCritic.from_policy(policy, TASK, "value")
+    records = [{"problem": P.to_dict(), "steps": GOOD, "labels": [1.0, 1.0]}]
+    with pytest.raises(PonderError, match="value critic training stopped: loss is nan"):
+        train_critic(critic, records, CriticConfig(steps=3), progress=False)
+
+
+def test_corrupt_or_wrong_critic_folders_are_named(policy, tmp_path):
+    with pytest.raises(PonderError, match="not a critic folder"):
+        ScalarCritic.load(tmp_path, TASK)
+    critic = ScalarCritic.from_policy(policy, TASK, "orm")
+    critic.save(tmp_path / "orm")
+    with pytest.raises(PonderError, match="holds the orm critic, not a value one"):
+        get_critic(f"value:{tmp_path / 'orm'}", TASK)
+    (tmp_path / "orm" / "head.safetensors").write_bytes(b"not a tensor file")
+    with pytest.raises(PonderError, match="corrupt critic checkpoint"):
+        ScalarCritic.load(tmp_path / "orm", TASK)
+    (tmp_path / "orm" / "critic.json").write_text("{")
+    with pytest.raises(PonderError, match="corrupt critic metadata"):
+        ScalarCritic.load(tmp_path / "orm", TASK)
+
+
+@pytest.mark.parametrize("spec,message", [
+    ("value", "needs a folder"),
+    ("verifier:x", "takes no path"),
+    ("oracle", "unknown critic 'oracle'"),
+    ("verifier@zero", "is not a number"),
+    ("verifier@-1", "must be > 0"),
+    ("verifier,,judge", "empty term"),
+])
+def test_bad_critic_specs(spec, message):
+    with pytest.raises(PonderError, match=message):
+        parse_critic(spec)
+
+
+def test_mixture_is_the_weighted_mean_and_names_a_bad_part():
+    class Const:
+        def __init__(self, name, v):
+            self.name, self.v = name, v
+
+        def score(self, problems, steps):
+            return [self.v] * len(problems) if self.v is not None else [0.0]
+
+    mix = Mixture([Const("a", 1.0), Const("b", 0.0)], [3, 1])
+    assert mix.score([P, P], [[], []]) == [0.75, 0.75]
+    assert mix.name == "a@3+b@1"
+    with pytest.raises(PonderError, match="critic 'bad' returned 1 scores for 2 states"):
+        Mixture([Const("a", 1.0), Const("bad", None)], [1, 1]).score([P, P], [[], []])
+    spec = get_critic("verifier@2,verifier@1", TASK)
+    right = ["10 - 6 = 4 (left: 4 8 4)\n", "4 * 4 = 16 (left: 8 16)\n", "8 + 16 = 24 (left: 24)\n"]
+    assert isinstance(spec, Mixture) and spec.score([P, P], [right, GOOD]) == [1.0, 0.0]
+    assert isinstance(get_critic("verifier", TASK), Verifier)
+
+
+def test_judge_reads_three_words_in_one_pass(policy):
+    judge = Judge(policy, TASK)
+    assert set(judge.word_ids) == {"sure", "likely", "impossible"}
+    scores = judge.score([P, P, P], [[], GOOD[:1], BAD[:1]])
+    assert len(scores) == 3 and all(0 <= s <= 1 for s in scores)
+    assert "4 8 4" in judge.prompt(P, GOOD[:1]) and "impossible" in judge.prompt(P, ["nonsense\n"])
+
+
+def test_critic_saved_metadata(policy, tmp_path):
+    ScalarCritic.from_policy(policy, TASK, "prm", agg="product").save(tmp_path / "prm")
+    meta = json.loads((tmp_path / "prm" / "critic.json").read_text())
+    assert meta == {"kind": "prm", "aggregate": "product", "hidden_size": 64}
