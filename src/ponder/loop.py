@@ -417,7 +417,12 @@ class Improver:
 
             say(f"iteration {i}: SFT on {len(texts)} verified traces ({cfg.sft.steps} steps)")
             t0 = time.time()
-            losses = train_sft(policy.model, policy.tokenizer, batch, cfg.sft, it / "policy-sft", progress=self.progress)
+            try:
+                losses = train_sft(policy.model, policy.tokenizer, batch, cfg.sft, it / "policy-sft", progress=self.progress)
+            except PonderError as e:  # a NaN loss: this iteration's policy stays the one it started from
+                say(f"iteration {i}: {e}; the policy stays {start}")
+                write_text(it / "policy-train.json", json.dumps({"sft": {"error": str(e)}}, indent=2))
+                return start
             info["sft"] = {"traces": len(texts), "loss_first": losses[0], "loss_last": losses[-1], "seconds": round(time.time() - t0, 1)}
         else:
             say(f"iteration {i}: no verified trace to fine-tune on; SFT skipped")

@@ -1,0 +1,214 @@
+"""``ponder improve``: the loop runs end to end on a small model, resumes after a crash in any phase
+without redoing or duplicating finished searches, and refuses bad run folders and options."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+import ponder.loop as loop
+from ponder.cli import main
+from ponder.config import apply_sets, build
+from ponder.errors import PonderError
+from ponder.evaluate import read_rows
+from ponder.loop import ImproveConfig, improve
+
+SMALL = {
+    "iterations": 2, "problems": 4, "validation": 2, "eval_limit": 2, "eval_n": 2, "search_batch": 2, "eval_batch": 2,
+    "tiny": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64},
+    "bootstrap": {"steps": 4, "batch_size": 4, "warmup": 1},
+    "sft": {"steps": 2, "batch_size": 4, "warmup": 1},
+    "critic": {"steps": 2, "batch_size": 4},
+    "dpo": {"epochs": 1, "batch_size": 4},
+    "search": {"simulations": 2, "k": 2, "k_max": 2},
+    "eval_mcts": {"simulations": 2, "k": 2, "k_max": 2, "token_budget": 200},
+    "watch": {"samples": 2},
+}
+
+
+def small(**kw) -> ImproveConfig:
+    return build(ImproveConfig, {**SMALL, **kw})
+
+
+class Boom(Exception):
+    pass
+
+
+def test_loop_runs_end_to_end_and_writes_the_run_folder(tmp_path):
+    report = improve(tmp_path / "run", small(), progress=False)
+    root = tmp_path / "run"
+    metrics = read_rows(root / "metrics.jsonl")
+    assert [m["iteration"] for m in metrics] == [0, 1, 2]
+    for m in metrics:
+        assert set(m["eval"]) == {"greedy", "best-of-n", "mcts"}
+        for e in m["eval"].values():
+            assert e["problems"] == 2 and e["tokens_generated"] > 0 and 0 <= e["accuracy"] <= 1
+        assert {"val_accuracy", "diversity", "entropy", "warnings"} <= set(m["watch"])
+    for i in (1, 2):
+        phases = json.loads((root / f"iter-{i}" / "phases.json").read_text())
+        assert list(phases) == ["imagine", "search", "extract", "policy", "critics", "eval", "watch"]
+        rows = read_rows(root / f"iter-{i}" / "search.jsonl")
+        assert len(rows) == 4 and all("tree" in r for r in rows)
+        for kind in ("value", "prm", "orm"):
+            assert (root / f"iter-{i}" / "critics" / kind / "critic.json").is_file()
+    # iteration 2's search is guided by iteration 1's critics; iteration 1's by rollouts alone
+    assert json.loads((root / "iter-1" / "phases.json").read_text())["search"]["guide"] is None
+    assert "value@1" in json.loads((root / "iter-2" / "phases.json").read_text())["search"]["guide"]
+    # no imagined problem is a test puzzle, a validation puzzle, or one of an earlier iteration
+    from ponder.tasks import get_task
+
+    task = get_task("game24")
+    test = {p.question for p in task.problems("test")}
+    seen = set()
+    for i in (1, 2):
+        qs = {json.loads(x)["question"] for x in (root / f"iter-{i}" / "problems.jsonl").read_text().splitlines()}
+        assert not qs & test and not qs & seen
+        seen |= qs
+    text = report.read_text()
+    assert "| iter | greedy (tokens) | best-of-n (tokens) | mcts (tokens) |" in text
+    assert (root / "solve_rate.png").stat().st_size > 1000 and (root / "solve_vs_tokens.png").is_file()
+    saved = yaml.safe_load((root / "config.yaml").read_text())
+    assert build(ImproveConfig, saved) == small()
+
+
+def test_resume_after_a_crash_mid_search_redoes_nothing_finished(tmp_path, monkeypatch):
+    from ponder.search.mcts import mcts as real
+
+    calls = {"n": 0}
+
+    def crashing(problems, env, cfg, *a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 2:  # iteration 1's search: the first batch of 2 finishes, the second crashes
+            raise Boom()
+        return real(problems, env, cfg, *a, **kw)
+
+    from ponder import search
+
+    monkeypatch.setitem(search.METHODS, "mcts", search.METHODS["mcts"]._replace(run=crashing))
+    cfg = small(iterations=1, eval_methods=["greedy"])
+    with pytest.raises(Boom):
+        improve(tmp_path / "run", cfg, progress=False)
+    rows = read_rows(tmp_path / "run" / "iter-1" / "search.jsonl")
+    assert len(rows) == 2
+    done_before = [r["problem_id"] for r in rows]
+
+    searched = []
+
+    def counting(problems, env, cfg, *a, **kw):
+        searched.extend(p.id for p in problems)
+        return real(problems, env, cfg, *a, **kw)
+
+    monkeypatch.setitem(search.METHODS, "mcts", search.METHODS["mcts"]._replace(run=counting))
+    improve(tmp_path / "run", None, resume=True, progress=False)
+    rows = read_rows(tmp_path / "run" / "iter-1" / "search.jsonl")
+    ids = [r["problem_id"] for r in rows]
+    assert len(ids) == 4 == len(set(ids)) and ids[:2] == done_before
+    assert not set(searched) & set(done_before) and len(searched) == 2
+    assert [m["iteration"] for m in read_rows(tmp_path / "run" / "metrics.jsonl")] == [0, 1]
+
+
+@pytest.mark.parametrize("phase", ["train_policy", "train_critics"])
+def test_resume_after_a_crash_in_training(tmp_path, monkeypatch, phase):
+    real = getattr(loop.Improver, phase)
+
+    def crash(self, *a, **kw):
+        raise Boom()
+
+    monkeypatch.setattr(loop.Improver, phase, crash)
+    cfg = small(iterations=1, eval_methods=["greedy"])
+    with pytest.raises(Boom):
+        improve(tmp_path / "run", cfg, progress=False)
+    phases = json.loads((tmp_path / "run" / "iter-1" / "phases.json").read_text())
+    assert "search" in phases and "critics" not in phases
+    before = (tmp_path / "run" / "iter-1" / "search.jsonl").read_bytes()
+    monkeypatch.setattr(loop.Improver, phase, real)
+    from ponder import search
+
+    def no_search(*a, **kw):
+        raise AssertionError("a finished search ran again")
+
+    monkeypatch.setitem(search.METHODS, "mcts", search.METHODS["mcts"]._replace(run=no_search))
+    improve(tmp_path / "run", None, resume=True, progress=False)
+    assert (tmp_path / "run" / "iter-1" / "search.jsonl").read_bytes() == before
+    phases = json.loads((tmp_path / "run" / "iter-1" / "phases.json").read_text())
+    assert list(phases) == ["imagine", "search", "extract", "policy", "critics", "eval", "watch"]
+
+
+def test_nan_in_policy_training_keeps_the_previous_policy(tmp_path, monkeypatch):
+    import ponder.train.sft as sft
+
+    cfg = small(iterations=1, eval_methods=["greedy"])
+    real_loss, extracted = sft.lm_loss, []
+
+    def nan_after_extract(*a):  # the bootstrap trains normally; the iteration's SFT goes NaN
+        return real_loss(*a) * (float("nan") if extracted else 1.0)
+
+    def extract(self, i):
+        extracted.append(i)
+        return _fake_extract(self, i)
+
+    monkeypatch.setattr(sft, "lm_loss", nan_after_extract)
+    monkeypatch.setattr(loop.Improver, "extract", extract)
+    improve(tmp_path / "run", cfg, progress=False)
+    phases = json.loads((tmp_path / "run" / "iter-1" / "phases.json").read_text())
+    assert phases["policy"] == str(tmp_path / "run" / "iter-0" / "policy")
+    info = json.loads((tmp_path / "run" / "iter-1" / "policy-train.json").read_text())
+    assert "loss is nan" in info["sft"]["error"]
+
+
+def _fake_extract(self, i):
+    """Data with one verified trace, so the SFT phase has something to train on."""
+    from ponder.io import write_jsonl
+    from ponder.tasks import Problem
+
+    d = self.run.it(i) / "data"
+    d.mkdir(parents=True, exist_ok=True)
+    p = Problem("x", "4 6 8 10", meta={"numbers": [4, 6, 8, 10]})
+    right = ["10 - 6 = 4 (left: 4 8 4)\n", "4 * 4 = 16 (left: 8 16)\n", "8 + 16 = 24 (left: 24)\n"]
+    write_jsonl(d / "sft.jsonl", [{"problem": p.to_dict(), "steps": right}])
+    for name in ("pairs", "value", "prm", "orm"):
+        write_jsonl(d / f"{name}.jsonl", [])
+    return {"sft": 1}
+
+
+def test_run_folder_guards(tmp_path):
+    cfg = small(iterations=1, eval_methods=["greedy"])
+    with pytest.raises(PonderError, match="nothing to resume"):
+        improve(tmp_path / "none", None, resume=True)
+    loop.open_run(tmp_path / "run", cfg, resume=False)
+    with pytest.raises(PonderError, match="already holds a run; continue it with --resume"):
+        loop.open_run(tmp_path / "run", cfg, resume=False)
+    with pytest.raises(PonderError, match=r"another config \(differs in: problems\)"):
+        loop.open_run(tmp_path / "run", small(iterations=1, eval_methods=["greedy"], problems=5), resume=True)
+    (tmp_path / "run" / "iter-1").mkdir()
+    (tmp_path / "run" / "iter-1" / "phases.json").write_text("{torn")
+    run = loop.open_run(tmp_path / "run", None, resume=True)
+    with pytest.raises(PonderError, match="phases.json: damaged"):
+        run.phases(1)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--resume", "x", "--iterations", "2"], "--resume takes the run's own config"),
+    (["--set", "search.nope=1"], "unknown option.*search.nope"),
+    (["--set", "iterations"], "expected KEY=VALUE"),
+    (["--iterations", "0"], "--iterations must be > 0"),
+    (["--critics", "value,judge"], "--critics: unknown judge"),
+    (["--guide", "value@1", "--critics", "prm"], "--guide uses the value critic"),
+    (["--guide", "verifier@1"], "not a learned critic"),
+    (["--policy-update", "rlhf"], "--policy-update: 'rlhf' is not one of"),
+    (["--config", "/nonexistent.yaml"], "config file not found"),
+])
+def test_improve_cli_errors_are_one_line(argv, message, capsys, tmp_path):
+    assert main(["improve", "--out", str(tmp_path / "r"), *argv] if "--resume" not in argv else ["improve", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("ponder: error:")
+    import re
+
+    assert re.search(message, err), err
+
+
+def test_apply_sets_nests_and_reads_yaml_values():
+    assert apply_sets({"a": 1}, ["search.k=4", "dpo.beta=0.5", "critics=[value, prm]", "model=smollm2"]) == {
+        "a": 1, "search": {"k": 4}, "dpo": {"beta": 0.5}, "critics": ["value", "prm"], "model": "smollm2"}
