@@ -17,6 +17,7 @@ import argparse
 import platform
 import shlex
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -28,43 +29,48 @@ from ponder.models import load_policy
 from ponder.search import get_method
 from ponder.tasks import get_task
 
-# Budget levels: name -> config fields. s < m < l in compute; greedy has one level only (it is run
-# whenever "s" is among --levels). Tree searches get scorer="rollout" added below (ROLLOUT_SCORED).
+# Budget levels: name -> config fields. s < m < l (< xl) in compute, chosen so that the tree searches land
+# near 200 / 700 / 2,700 tokens per puzzle with the 1,100-step bootstrapped model, between best-of-N's 4, 16,
+# 32 and 64 traces (300 / 1,200 / 2,400 / 4,800 tokens), and the whole frontier runs in about 35 minutes of
+# 1-thread CPU time on a slow 2-core EPYC (two levels only for DVTS, ToT and A*, to fit). Greedy has one
+# level (run whenever "s" is among --levels). Tree searches get scorer="rollout" added below.
 LEVELS: dict[str, dict[str, dict]] = {
     "greedy": {"s": {}},
     "best-of-n": {
         "s": dict(n=4),
         "m": dict(n=16),
-        "l": dict(n=64),
+        "l": dict(n=32),
+        "xl": dict(n=64),  # past the tree searches' largest budgets: where best-of-N gets with twice their tokens
     },
     "beam": {
         "s": dict(beam_width=2, k=2, rollouts=1),
-        "m": dict(beam_width=4, k=4, rollouts=2),
-        "l": dict(beam_width=8, k=8, rollouts=4, max_nodes=1024),
+        "m": dict(beam_width=4, k=4, rollouts=1),
+        "l": dict(beam_width=8, k=8, rollouts=1),
     },
     "dvts": {
         "s": dict(beam_width=2, subtrees=2, k=2, rollouts=1),
-        "m": dict(beam_width=4, subtrees=2, k=4, rollouts=2),
-        "l": dict(beam_width=8, subtrees=4, k=8, rollouts=4, max_nodes=1024),
+        "m": dict(beam_width=4, subtrees=2, k=4, rollouts=1),
     },
     "tot-bfs": {
         "s": dict(breadth=1, k=2, rollouts=1),
-        "m": dict(breadth=3, k=4, rollouts=2),
-        "l": dict(breadth=5, k=8, rollouts=4, max_nodes=1024),
+        "m": dict(breadth=3, k=4, rollouts=1),
     },
+    # MCTS's tokens grow with the tree, not with the simulations: Game of 24 traces are 3 steps and an
+    # illegal step ends a trace, so with k = 2 a tree is complete after a few simulations and the rest
+    # re-visit terminal leaves for free (k = 2, 16 simulations measured 220 tokens per puzzle); the
+    # budget is set by k (children per node) and simulations together
     "mcts": {
         "s": dict(simulations=8, k=2, k_max=4, rollouts=1),
-        "m": dict(simulations=32, k=4, k_max=8, rollouts=1),
-        "l": dict(simulations=128, k=4, k_max=8, rollouts=2, max_nodes=1024),
+        "m": dict(simulations=16, k=4, k_max=8, rollouts=1),
+        "l": dict(simulations=32, k=8, k_max=8, rollouts=1),
     },
     "astar": {
-        "s": dict(max_expansions=8, k=2, rollouts=1),
-        "m": dict(max_expansions=32, k=4, rollouts=2),
-        "l": dict(max_expansions=128, k=4, rollouts=4, max_nodes=1024),
+        "s": dict(max_expansions=4, k=2, rollouts=1),
+        "m": dict(max_expansions=8, k=4, rollouts=1),
     },
 }
 ROLLOUT_SCORED = {"beam", "dvts", "tot-bfs", "astar"}  # configs with a `scorer` field
-LEVEL_ORDER = ["s", "m", "l"]
+LEVEL_ORDER = ["s", "m", "l", "xl"]
 
 
 def make_config(method: str, level: str):
@@ -72,6 +78,10 @@ def make_config(method: str, level: str):
     if method in ROLLOUT_SCORED:
         fields.setdefault("scorer", "rollout")
     return get_method(method).config(**fields)
+
+
+def fmt_wall(wall: float | None) -> str:
+    return "(earlier run)" if wall is None else f"{wall:.1f}s"
 
 
 def plot(results: list[dict], path: Path, title: str) -> None:
@@ -103,11 +113,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True)
     ap.add_argument("--methods", default=",".join(LEVELS))
-    ap.add_argument("--levels", default=",".join(LEVEL_ORDER), help="comma list of level names (s, m, l)")
+    ap.add_argument("--levels", default=",".join(LEVEL_ORDER), help="comma list of level names (s, m, l, xl)")
     ap.add_argument("--limit", type=int, default=100, help="puzzles (the first LIMIT of the test split)")
     ap.add_argument("--batch", type=int, default=25)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="bench/out/frontier")
     ap.add_argument("--png", default="bench/out/frontier.png")
     args = ap.parse_args()
@@ -141,24 +151,29 @@ def main() -> None:
     for method, level, cfg in plan:
         critic = Verifier(task) if get_method(method).needs_critic else None
         settings = {"model": args.model, "seed": args.seed, "task": "game24", "split": "test", "bench": "frontier", "level": level}
+        path = out / f"{method}-{level}.jsonl"
+        before = sum(1 for _ in path.open()) if path.exists() else 0  # rows already there (a resumed run)
+        t0 = time.perf_counter()
         s, _ = run_eval(task, policy, method, cfg, problems, out / f"{method}-{level}.jsonl", critic, args.batch, args.seed,
                         settings=settings, progress=False)
+        wall = time.perf_counter() - t0 if before < len(problems) else None  # None: read back, not run now
         tps = s.tokens_generated * s.problems / s.seconds if s.seconds > 0 else float("nan")
         r = dict(method=method, level=level, accuracy=s.accuracy, tokens_generated=s.tokens_generated,
-                 tokens_read=s.tokens_read, seconds=s.seconds, tps=tps, problems=s.problems, knobs=LEVELS[method][level])
+                 tokens_read=s.tokens_read, seconds=s.seconds, tps=tps, problems=s.problems, knobs=LEVELS[method][level], wall=wall)
         results.append(r)
         print(f"  {method}-{level}: {100 * s.accuracy:.0f}% solved, {s.tokens_generated:,.0f} tok/puzzle, "
-              f"{s.seconds:.1f}s, {tps:,.0f} tok/s", flush=True)
+              f"{s.seconds:.1f}s attributed, {fmt_wall(wall)} wall, {tps:,.0f} tok/s", flush=True)
 
     order = {m: i for i, m in enumerate(LEVELS)}
     results.sort(key=lambda r: (order[r["method"]], r["tokens_generated"]))
     print(f"\n{header}\n")
-    print("| method | level | knobs | solved | tokens generated / puzzle | tokens read / puzzle | seconds | tokens/s |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| method | level | knobs | solved | tokens generated / puzzle | tokens read / puzzle | seconds (attributed) "
+          "| wall clock | tokens/s |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
         knobs = ", ".join(f"{k}={v}" for k, v in r["knobs"].items()) or "-"
         print(f"| {r['method']} | {r['level']} | {knobs} | {100 * r['accuracy']:.0f}% | {r['tokens_generated']:,.0f} "
-              f"| {r['tokens_read']:,.0f} | {r['seconds']:.1f} | {r['tps']:,.0f} |")
+              f"| {r['tokens_read']:,.0f} | {r['seconds']:.1f} | {fmt_wall(r['wall'])} | {r['tps']:,.0f} |")
     if results:
         plot(results, Path(args.png), f"Game of 24 ({len(problems)} puzzles), {'/'.join(Path(args.model).parts[-2:])}, seed {args.seed}")
         print(f"\nplot: {args.png}")
