@@ -17,10 +17,8 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-demo: $(STAMP)
-	$(BIN)/ponder train --task game24 --out runs/demo/model
-	$(BIN)/ponder eval --task game24 --model runs/demo/model --split test --method greedy --out runs/demo/eval-greedy.jsonl
-	$(BIN)/ponder eval --task game24 --model runs/demo/model --split test --method best-of-n --n 16 --out runs/demo/eval-bon16.jsonl
+demo: $(STAMP)   # the self-improvement loop on Game of 24 from scratch; a second `make demo` resumes or reprints
+	if [ -f runs/demo/config.yaml ]; then $(BIN)/ponder improve --resume runs/demo; else $(BIN)/ponder improve --out runs/demo; fi
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -212,3 +212,20 @@ def test_improve_cli_errors_are_one_line(argv, message, capsys, tmp_path):
 def test_apply_sets_nests_and_reads_yaml_values():
     assert apply_sets({"a": 1}, ["search.k=4", "dpo.beta=0.5", "critics=[value, prm]", "model=smollm2"]) == {
         "a": 1, "search": {"k": 4}, "dpo": {"beta": 0.5}, "critics": ["value", "prm"], "model": "smollm2"}
+
+
+def test_lora_trains_adapters_and_saves_an_ordinary_model(tmp_path, monkeypatch):
+    import torch
+
+    from ponder.models import load_policy
+
+    monkeypatch.setattr(loop.Improver, "extract", lambda self, i: _fake_extract(self, i))
+    improve(tmp_path / "run", small(iterations=1, eval_methods=["greedy"], lora_r=2), progress=False)
+    phases = json.loads((tmp_path / "run" / "iter-1" / "phases.json").read_text())
+    assert phases["policy"] == str(tmp_path / "run" / "iter-1" / "policy")
+    new = load_policy(phases["policy"], device="cpu").model
+    old = load_policy(str(tmp_path / "run" / "iter-0" / "policy"), device="cpu").model
+    assert not any("lora" in n for n, _ in new.named_parameters())  # merged: a plain model folder
+    changed = [n for (n, p), (_, q) in zip(new.named_parameters(), old.named_parameters()) if not torch.equal(p, q)]
+    assert changed and all("proj" in n for n in changed)  # only the adapted linear layers moved
+    assert "sft" in json.loads((tmp_path / "run" / "iter-1" / "policy-train.json").read_text())

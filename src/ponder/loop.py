@@ -98,6 +98,7 @@ class ImproveConfig:
     validation: int = option(32, "held-out training-distribution problems for the collapse watch")
     search_batch: int = option(32, "problems searched together")
     policy_update: PolicyUpdate = option("sft+dpo", "how the policy learns: sft, sft+dpo, or none")
+    lora_r: int = option(0, "train the policy through LoRA adapters of this rank (PEFT), merged after each phase; 0 = full fine-tuning")
     sft_mix: float = option(0.25, "share of each SFT batch drawn from the task's synthetic traces (keeps the basics)")
     traces_per_problem: int = option(4, "most distinct verified traces per problem for SFT")
     pair_margin: float = option(0.2, "least Q gap between a chosen and a rejected sibling step")
@@ -124,6 +125,8 @@ class ImproveConfig:
     def __post_init__(self):
         check_positive(self, "iterations", "problems", "search_batch", "eval_n", "eval_batch", "replay", "traces_per_problem")
         check_literals(self)
+        if self.lora_r < 0:
+            raise PonderError(f"--lora-r must be >= 0, got {self.lora_r}")
         if self.validation < 0:
             raise PonderError(f"--validation must be >= 0, got {self.validation}")
         if not 0 <= self.sft_mix < 1:
@@ -222,23 +225,20 @@ def held_out(task: Task, cfg: ImproveConfig) -> tuple[list[Problem], Callable[[i
     Tasks that can imagine make new problems (never a test one); others draw from the train split.
     Either way validation problems and earlier iterations' problems are never handed out again.
     """
-    try:
-        pool_val = task.imagine(cfg.validation, seed=cfg.seed * 7919 + 1) if cfg.validation else []
+    if type(task).imagine is not Task.imagine:
+        val = task.imagine(cfg.validation, seed=cfg.seed * 7919 + 1) if cfg.validation else []
 
-        def train(i: int, used: set[str]) -> list[Problem]:
-            out, seed = [], cfg.seed * 7919 + 100 + i
-            while len(out) < cfg.problems:
-                fresh = [p for p in task.imagine(cfg.problems * 2, seed) if p.question not in used]
-                out += [p for p in fresh if p.question not in {q.question for q in out}][: cfg.problems - len(out)]
-                seed += 1_000
-                if seed > cfg.seed * 7919 + 100 + i + 20_000:
-                    raise PonderError(f"{task.name}: cannot imagine {cfg.problems} new problems any more")
-            return out
+        def imagined(i: int, used: set[str]) -> list[Problem]:
+            out: list[Problem] = []
+            for attempt in range(20):  # fresh seeds until enough unused problems turn up
+                seen = used | {p.question for p in out}
+                out += [p for p in task.imagine(cfg.problems * 2, cfg.seed * 7919 + 100 + i + 1000 * attempt)
+                        if p.question not in seen][: cfg.problems - len(out)]
+                if len(out) == cfg.problems:
+                    return out
+            raise PonderError(f"{task.name}: cannot imagine {cfg.problems} new problems for iteration {i} any more")
 
-        return pool_val, train
-    except PonderError as e:
-        if "cannot imagine" not in str(e):
-            raise
+        return val, imagined
     pool = task.problems("train")
     random.Random(cfg.seed).shuffle(pool)
     val = pool[: cfg.validation]
@@ -397,54 +397,56 @@ class Improver:
         from .models.hf import render_prompt
         from .train import save_checkpoint, train_sft
         from .train.dpo import train_dpo
+        from .train.lora import lora_adapters
 
         cfg, it = self.cfg, self.run.it(i)
         if cfg.policy_update == "none":
             return start
         sft = read_jsonl_rows(it / "data" / "sft.jsonl")
+        pairs = read_jsonl_rows(it / "data" / "pairs.jsonl") if cfg.policy_update == "sft+dpo" else []
+        if not sft and not pairs:
+            say(f"iteration {i}: no verified trace and no step pair; the policy stays {start}")
+            return start
         info: dict[str, Any] = {}
         policy = self.policy(start)
         self._policy_cache = None  # the model is trained in place below
-        if sft:
-            texts = [render_prompt(policy.tokenizer, self.task, Problem.from_dict(r["problem"])) + "".join(r["steps"]) for r in sft]
-            mix = cfg.sft_mix if self._has_bootstrap() else 0.0
+        with lora_adapters(policy, cfg.lora_r):
+            if sft:
+                texts = [render_prompt(policy.tokenizer, self.task, Problem.from_dict(r["problem"])) + "".join(r["steps"]) for r in sft]
+                mix = cfg.sft_mix if self._has_bootstrap() else 0.0
 
-            def batch(n: int, step: int) -> list[str]:
-                rng = random.Random(cfg.sft.seed * 1_000_003 + step + 7 * i)
-                k = round(n * mix)
-                extra = self.task.bootstrap_texts(k, rng.randrange(1 << 30)) if k else []
-                return [rng.choice(texts) for _ in range(n - k)] + extra
+                def batch(n: int, step: int) -> list[str]:
+                    rng = random.Random(cfg.sft.seed * 1_000_003 + step + 7 * i)
+                    k = round(n * mix)
+                    extra = self.task.bootstrap_texts(k, rng.randrange(1 << 30)) if k else []
+                    return [rng.choice(texts) for _ in range(n - k)] + extra
 
-            say(f"iteration {i}: SFT on {len(texts)} verified traces ({cfg.sft.steps} steps)")
-            t0 = time.time()
-            try:
-                losses = train_sft(policy.model, policy.tokenizer, batch, cfg.sft, it / "policy-sft", progress=self.progress)
-            except PonderError as e:  # a NaN loss: this iteration's policy stays the one it started from
-                say(f"iteration {i}: {e}; the policy stays {start}")
-                write_text(it / "policy-train.json", json.dumps({"sft": {"error": str(e)}}, indent=2))
-                return start
-            info["sft"] = {"traces": len(texts), "loss_first": losses[0], "loss_last": losses[-1], "seconds": round(time.time() - t0, 1)}
-        else:
-            say(f"iteration {i}: no verified trace to fine-tune on; SFT skipped")
-        out = it / "policy"
-        pairs = read_jsonl_rows(it / "data" / "pairs.jsonl")
-        if cfg.policy_update == "sft+dpo" and pairs:
-            say(f"iteration {i}: step-level DPO on {len(pairs)} sibling pairs")
-            t0 = time.time()
-            try:
-                info["dpo"] = {**train_dpo(policy, self.task, pairs, cfg.dpo, it / "dpo.losses.jsonl", self.progress),
+                say(f"iteration {i}: SFT on {len(texts)} verified traces ({cfg.sft.steps} steps)")
+                t0 = time.time()
+                try:
+                    losses = train_sft(policy.model, policy.tokenizer, batch, cfg.sft, it / "policy-sft", progress=self.progress)
+                except PonderError as e:  # a NaN loss: this iteration's policy stays the one it started from
+                    say(f"iteration {i}: {e}; the policy stays {start}")
+                    write_text(it / "policy-train.json", json.dumps({"sft": {"error": str(e)}}, indent=2))
+                    return start
+                finally:
+                    shutil.rmtree(it / "policy-sft", ignore_errors=True)  # scratch: the policy is saved below
+                info["sft"] = {"traces": len(texts), "loss_first": losses[0], "loss_last": losses[-1],
                                "seconds": round(time.time() - t0, 1)}
-            except PonderError as e:  # a NaN: keep the SFT checkpoint, say so, go on
-                say(f"iteration {i}: {e}; the policy stays as after SFT")
-                info["dpo"] = {"error": str(e)}
-                if sft:
-                    policy = self.policy(str(it / "policy-sft"))
-        if not sft and "dpo" not in info:
-            return start
-        save_checkpoint(policy.model, policy.tokenizer, out)
+            if pairs:
+                say(f"iteration {i}: step-level DPO on {len(pairs)} sibling pairs")
+                t0 = time.time()
+                before = {k: v.detach().clone() for k, v in policy.model.state_dict().items()}
+                try:
+                    info["dpo"] = {**train_dpo(policy, self.task, pairs, cfg.dpo, it / "dpo.losses.jsonl", self.progress),
+                                   "seconds": round(time.time() - t0, 1)}
+                except PonderError as e:  # a NaN: back to the weights before DPO, say so, go on
+                    say(f"iteration {i}: {e}; the policy stays as before DPO")
+                    policy.model.load_state_dict(before)
+                    info["dpo"] = {"error": str(e)}
+        save_checkpoint(policy.model, policy.tokenizer, it / "policy")
         write_text(it / "policy-train.json", json.dumps(info, indent=2))
-        shutil.rmtree(it / "policy-sft", ignore_errors=True)
-        return str(out)
+        return str(it / "policy")
 
     def train_critics(self, i: int) -> dict:
         from .critics.scalar import ScalarCritic
@@ -476,11 +478,7 @@ class Improver:
         return out
 
     def _has_bootstrap(self) -> bool:
-        try:
-            self.task.bootstrap_texts(1, 0)
-            return True
-        except PonderError:
-            return False
+        return type(self.task).bootstrap_texts is not Task.bootstrap_texts
 
     # --- evaluation and the collapse watch ----------------------------------------------------------
     def eval_setup(self, method: str, i: int, policy):
