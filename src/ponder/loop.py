@@ -55,12 +55,12 @@ def _bootstrap_defaults() -> SFTConfig:
 
 def _sft_defaults() -> SFTConfig:
     """Rejection-sampling fine-tuning on verified traces, each iteration."""
-    return SFTConfig(steps=120, lr=5e-4, warmup=10, checkpoint_every=1000)
+    return SFTConfig(steps=80, lr=5e-4, warmup=10, checkpoint_every=1000)
 
 
 def _search_defaults() -> MCTSConfig:
     """MCTS over the imagined training problems."""
-    return MCTSConfig(simulations=12, k=4, k_max=6, rollouts=1, value_weight=0.5, max_nodes=96, seed=0)
+    return MCTSConfig(simulations=24, k=4, k_max=6, rollouts=1, value_weight=0.5, max_nodes=128, seed=0)
 
 
 def _eval_mcts_defaults() -> MCTSConfig:
@@ -70,7 +70,7 @@ def _eval_mcts_defaults() -> MCTSConfig:
 
 def _critic_defaults() -> CriticConfig:
     """Critic training each iteration."""
-    return CriticConfig(steps=80)
+    return CriticConfig(steps=30, batch_size=16)
 
 
 @dataclass
@@ -94,9 +94,9 @@ class ImproveConfig:
     data: str | None = option(None, "your own problem file for the task")
     model: str | None = option(None, "starting policy (a model folder, .gguf or smollm2); None = bootstrap the tiny model")
     iterations: int = option(3, "iterations of imagine -> search -> learn -> evaluate")
-    problems: int = option(64, "new training problems searched per iteration")
+    problems: int = option(128, "new training problems searched per iteration")
     validation: int = option(32, "held-out training-distribution problems for the collapse watch")
-    search_batch: int = option(32, "problems searched together")
+    search_batch: int = option(128, "problems searched together (larger batches keep the sampler busier)")
     policy_update: PolicyUpdate = option("sft+dpo", "how the policy learns: sft, sft+dpo, or none")
     lora_r: int = option(0, "train the policy through LoRA adapters of this rank (PEFT), merged after each phase; 0 = full fine-tuning")
     sft_mix: float = option(0.25, "share of each SFT batch drawn from the task's synthetic traces (keeps the basics)")
@@ -110,7 +110,7 @@ class ImproveConfig:
     eval_limit: int | None = option(None, "first N test problems (None = the whole split)")
     eval_n: int = option(16, "N of best-of-N at evaluation")
     eval_methods: tuple[str, ...] = option(("greedy", "best-of-n", "mcts"), "decoding methods evaluated each iteration")
-    eval_batch: int = option(50, "problems evaluated together")
+    eval_batch: int = option(100, "problems evaluated together")
     device: str | None = option(None, "torch device (default: cuda if available)")
     seed: int = option(0, "seed of everything")
     tiny: TinyConfig = nested(TinyConfig)

@@ -26,7 +26,7 @@ from .losses import lm_loss
 class SFTConfig:
     """Supervised training (bootstrap or rejection-sampling fine-tuning)."""
 
-    steps: int = option(1100, "optimizer steps (the default keeps `make demo` under 10 minutes on 2 cores)")
+    steps: int = option(1100, "optimizer steps")
     batch_size: int = option(32, "texts per step (32 learned faster per second than 64 for the tiny model)")
     lr: float = option(2e-3, "peak learning rate (AdamW)")
     warmup: int = option(30, "linear warm-up steps")
