@@ -134,6 +134,7 @@ def main() -> None:
     ap.add_argument("--k-max", type=int, default=8)
     ap.add_argument("--simulations", type=int, default=16)
     ap.add_argument("--rollouts", type=int, default=1)
+    ap.add_argument("--parallel", type=int, default=1, help="simulations per tree per round (virtual loss)")
     ap.add_argument("--repeats", type=int, default=3, help="raw sampler calls timed (best kept)")
     ap.add_argument("--mcts-repeats", type=int, default=1, help="MCTS runs timed (best kept)")
     ap.add_argument("--seed", type=int, default=0)
@@ -146,7 +147,8 @@ def main() -> None:
     task = get_task("game24")
     problems = task.problems("test")[: args.batch]
     base = FakeLegalPolicy(task, args.seed) if args.fake else load_policy(args.model, seed=args.seed)
-    cfg = MCTSConfig(simulations=args.simulations, k=args.k, k_max=args.k_max, rollouts=args.rollouts, seed=args.seed)
+    cfg = MCTSConfig(simulations=args.simulations, k=args.k, k_max=args.k_max, rollouts=args.rollouts, seed=args.seed,
+                     parallel=args.parallel)
     print(f"$ python {' '.join(sys.argv)}")
     print(f"# {len(problems)} Game of 24 test puzzles, model {base.name if args.fake else args.model}, seed {args.seed}, "
           f"{torch.get_num_threads()} torch thread(s), {platform.machine()} {platform.processor()}, "

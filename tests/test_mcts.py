@@ -337,3 +337,45 @@ def test_end_to_end_with_the_untrained_tiny_model():
                 assert n is r.tree or n.terminal or "rollout" in n.scores
         assert env.spent == {}
     assert any("rollout" in n.scores for r in results for n in r.tree)
+
+
+# --- (5) several simulations per tree per round (virtual loss) ----------------------------------------------
+def test_parallel_simulations_fill_the_batch_and_leave_no_virtual_loss():
+    def menu(steps):
+        return [(f"{w}{len(steps)}\n", -0.1 * i) for i, w in enumerate("pqrs")]
+
+    cfg1 = MCTSConfig(simulations=16, k=2, k_max=2)
+    cfg4 = MCTSConfig(simulations=16, k=2, k_max=2, parallel=4)
+    [r1], p1, _ = run(menu, [toy()], cfg1, max_steps=4)
+    [r4], p4, _ = run(menu, [toy()], cfg4, max_steps=4)
+    rounds1, rounds4 = len(p1.step_calls()), len(p4.step_calls())
+    assert rounds4 < rounds1  # fewer, larger propose calls
+    assert max(len(c[0]) for c in p4.step_calls()) > 1  # several leaves of one tree expanded in one call
+    for call in p4.step_calls():
+        assert len(call[0]) == len(set(call[0]))  # the picks of one round are distinct states
+    assert r4.info["simulations"] <= 16 and r4.tree.visits <= 16
+
+
+def test_virtual_losses_spread_the_picks_and_are_taken_back():
+    from ponder.search.mcts import _Search, pick_leaves
+
+    [r], _, _ = run(four_way, [toy()], MCTSConfig(simulations=1, k=4, k_max=4))  # the root and 4 children
+    before = json.dumps(r.tree.to_dict())
+    s = _Search(toy(), 0, root=r.tree, sims=0)
+    picks = pick_leaves(s, MCTSConfig(simulations=100, k=4, k_max=4, parallel=3), mcts_puct())
+    assert 2 <= len(picks) <= 3 and len(set(map(id, picks))) == len(picks)
+    assert json.dumps(r.tree.to_dict()) == before  # every virtual visit was undone
+    assert pick_leaves(s, MCTSConfig(simulations=100, k=4, k_max=4, parallel=1), mcts_puct()) == picks[:1]
+
+
+def mcts_puct():
+    from ponder.search.mcts import puct
+
+    return puct
+
+
+def test_parallel_one_is_the_sequential_search():
+    cfg = MCTSConfig(simulations=12, k=2, k_max=4)
+    [a], _, _ = run(four_way, [toy()], cfg)
+    [b], _, _ = run(four_way, [toy()], MCTSConfig(simulations=12, k=2, k_max=4, parallel=1))
+    assert a.tree.to_dict() == b.tree.to_dict()
