@@ -26,6 +26,7 @@ redoes only the unfinished phase and loses no finished search.
 
 # No ``from __future__ import annotations``: ``config.build`` resolves the nested config types.
 import json
+import math
 import random
 import shutil
 import time
@@ -101,6 +102,10 @@ class ImproveConfig:
     lora_r: int = option(0, "train the policy through LoRA adapters of this rank (PEFT), merged after each phase; 0 = full fine-tuning")
     sft_mix: float = option(0.25, "share of each SFT batch drawn from the task's synthetic traces (keeps the basics)")
     traces_per_problem: int = option(4, "most distinct verified traces per problem for SFT")
+    sft_epochs: float = option(
+        8.0, "most passes over the verified traces per iteration: SFT stops after this many, before sft.steps, "
+        "so a few traces are not memorised (which sharpens the policy onto them and starves search)"
+    )
     pair_margin: float = option(0.2, "least Q gap between a chosen and a rejected sibling step")
     critics: tuple[str, ...] = option(CRITIC_KINDS, "critics to train: any of value, prm, orm")
     guide: str = option("value@1,prm@1", "critics (and weights) that guide MCTS from iteration 2 on")
@@ -129,6 +134,7 @@ class ImproveConfig:
             raise PonderError(f"--lora-r must be >= 0, got {self.lora_r}")
         if self.validation < 0:
             raise PonderError(f"--validation must be >= 0, got {self.validation}")
+        check_positive(self, "sft_epochs")
         if not 0 <= self.sft_mix < 1:
             raise PonderError(f"--sft-mix must be in [0, 1), got {self.sft_mix}")
         bad = [c for c in self.critics if c not in CRITIC_KINDS]
@@ -421,17 +427,20 @@ class Improver:
                     extra = self.task.bootstrap_texts(k, rng.randrange(1 << 30)) if k else []
                     return [rng.choice(texts) for _ in range(n - k)] + extra
 
-                say(f"iteration {i}: SFT on {len(texts)} verified traces ({cfg.sft.steps} steps)")
+                per_step = max(1, cfg.sft.batch_size - round(cfg.sft.batch_size * mix))  # traces per step
+                steps = max(1, min(cfg.sft.steps, math.ceil(cfg.sft_epochs * len(texts) / per_step)))
+                sft_cfg = replace(cfg.sft, steps=steps, warmup=min(cfg.sft.warmup, max(1, steps // 5)))
+                say(f"iteration {i}: SFT on {len(texts)} verified traces ({steps} steps)")
                 t0 = time.time()
                 try:
-                    losses = train_sft(policy.model, policy.tokenizer, batch, cfg.sft, it / "policy-sft", progress=self.progress)
+                    losses = train_sft(policy.model, policy.tokenizer, batch, sft_cfg, it / "policy-sft", progress=self.progress)
                 except PonderError as e:  # a NaN loss: this iteration's policy stays the one it started from
                     say(f"iteration {i}: {e}; the policy stays {start}")
                     write_text(it / "policy-train.json", json.dumps({"sft": {"error": str(e)}}, indent=2))
                     return start
                 finally:
                     shutil.rmtree(it / "policy-sft", ignore_errors=True)  # scratch: the policy is saved below
-                info["sft"] = {"traces": len(texts), "loss_first": losses[0], "loss_last": losses[-1],
+                info["sft"] = {"traces": len(texts), "steps": steps, "loss_first": losses[0], "loss_last": losses[-1],
                                "seconds": round(time.time() - t0, 1)}
             if pairs:
                 say(f"iteration {i}: step-level DPO on {len(pairs)} sibling pairs")
