@@ -379,3 +379,30 @@ def test_parallel_one_is_the_sequential_search():
     [a], _, _ = run(four_way, [toy()], cfg)
     [b], _, _ = run(four_way, [toy()], MCTSConfig(simulations=12, k=2, k_max=4, parallel=1))
     assert a.tree.to_dict() == b.tree.to_dict()
+
+
+def test_skip_finished_spends_simulations_on_open_states_only():
+    def menu(steps):  # the policy's favourite first step is a dead end: "b" ends the trace at once
+        return [("b\n", -0.01), ("a\n", -3.0), ("c\n", -3.0)] if not steps else [("x\n", -0.5), ("y\n", -0.6)]
+
+    class EndsAtB(ToyTask):
+        def is_terminal(self, problem, steps):
+            return (bool(steps) and steps[0] == "b\n") or super().is_terminal(problem, steps)
+
+    def search(skip):
+        task = EndsAtB(3)
+        env = SearchEnv(MenuPolicy(task, menu), task)
+        [r] = mcts([toy(reference="a x x")], env, MCTSConfig(simulations=30, k=3, k_max=3, skip_finished=skip))
+        return r
+
+    plain, skip = search(False), search(True)
+    b = lambda r: next(c for c in r.tree.children if c.step == "b\n")  # noqa: E731
+    assert b(plain).visits >= 4  # plain PUCT re-selects the high-prior dead end (5 here)
+    assert b(skip).visits == 1  # evaluated once, never selected again
+    assert skip.tree.size() > plain.tree.size()
+    assert skip.info["stopped"] in ("exhausted", "simulations")
+    # a small tree runs out of open states: the search says so and stops early
+    task = EndsAtB(2)
+    [r] = mcts([toy(reference="a x")], SearchEnv(MenuPolicy(task, menu), task),
+               MCTSConfig(simulations=200, k=3, k_max=3, skip_finished=True))
+    assert r.info["stopped"] == "exhausted" and r.info["simulations"] < 200 and r.answer == "a x"

@@ -61,12 +61,13 @@ def _sft_defaults() -> SFTConfig:
 
 def _search_defaults() -> MCTSConfig:
     """MCTS over the imagined training problems."""
-    return MCTSConfig(simulations=24, k=4, k_max=6, rollouts=1, value_weight=0.5, max_nodes=128, seed=0)
+    return MCTSConfig(simulations=24, k=4, k_max=6, rollouts=1, value_weight=0.5, max_nodes=128, skip_finished=True, seed=0)
 
 
 def _eval_mcts_defaults() -> MCTSConfig:
     """MCTS at test time, stopped at a fixed token budget per problem (best-of-16's, about)."""
-    return MCTSConfig(simulations=64, token_budget=1200, k=4, k_max=6, rollouts=1, value_weight=0.5, max_nodes=256, seed=0)
+    return MCTSConfig(simulations=64, token_budget=1200, k=4, k_max=6, rollouts=1, value_weight=0.5, max_nodes=256,
+                      skip_finished=True, seed=0)
 
 
 def _critic_defaults() -> CriticConfig:

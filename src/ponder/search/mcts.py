@@ -63,6 +63,10 @@ class MCTSConfig:
     rollouts: int = option(
         1, "fast rollouts per new leaf, scored by the task's verifier (0 = critic only, needs value_weight 1)"
     )
+    skip_finished: bool = option(
+        False, "never re-select a finished (terminal) node or a subtree with nothing left to expand; "
+        "simulations then go to open states only (off: plain PUCT, which re-selects them)"
+    )
     merge: bool = option(True, "merge sibling steps equal up to case and whitespace (exact duplicates always merge)")
     max_nodes: int = option(256, "most nodes per tree, root included; a problem's search stops when its tree is full")
     final: Literal["visits", "value"] = option("visits", "answer path: follow the most-visited or the highest-Q child")
@@ -104,6 +108,7 @@ class _Search:
     sims: int = 0
     stopped: str = ""
     saturated: set[Node] = field(default_factory=set)  # widened without finding a new step: do not retry
+    finished: set[Node] = field(default_factory=set)  # skip_finished: every child finished, nothing to widen
     best_rollout: dict[Node, tuple[float, tuple[str, ...]]] = field(default_factory=dict)
     verified: tuple[tuple[str, ...], str] | None = None  # the first trace rated 1, and where it was met
 
@@ -121,6 +126,8 @@ class _Search:
             self.stopped = "max_nodes"
         elif cfg.token_budget is not None and spent >= cfg.token_budget:
             self.stopped = "token_budget"
+        elif self.root in self.finished:
+            self.stopped = "exhausted"
         return not self.stopped
 
     def saw(self, steps: tuple[str, ...], reward: float, where: str) -> None:
@@ -165,14 +172,28 @@ def wants_widening(node: Node, cfg: MCTSConfig) -> bool:
 
 
 def select(s: _Search, cfg: MCTSConfig, score: ScoreFn = puct) -> Node:
-    """The node this simulation expands (a leaf or one to widen) or, if terminal, re-values. Ties go to the first child."""
-    node = s.root
-    while node.children and not node.terminal:
-        if node not in s.saturated and wants_widening(node, cfg):
+    """The node this simulation expands (a leaf or one to widen) or, if terminal, re-values. Ties go to the first child.
+
+    With ``skip_finished`` (an MCTS-solver rule), finished children are passed over: a terminal node's
+    value is the verifier's exact reward, so selecting it again spends a simulation to learn nothing.
+    A node whose children are all finished is finished itself and selection restarts from the root;
+    once the root is finished the search stops ("exhausted").
+    """
+    while True:
+        node = s.root
+        while node.children and not node.terminal:
+            if node not in s.saturated and wants_widening(node, cfg):
+                return node
+            parent = node
+            kids = [c for c in parent.children if not (cfg.skip_finished and (c.terminal or c in s.finished))]
+            if not kids:
+                break
+            node = max(kids, key=lambda c: score(c, parent.visits, cfg.c_puct))
+        else:
             return node
-        parent = node
-        node = max(parent.children, key=lambda c: score(c, parent.visits, cfg.c_puct))
-    return node
+        s.finished.add(node)
+        if node is s.root:
+            return node  # the caller's next ``running`` check stops this search
 
 
 def expand(batch: Sequence[tuple[_Search, Node]], env: SearchEnv, cfg: MCTSConfig) -> list[list[Node]]:
@@ -203,6 +224,11 @@ def expand(batch: Sequence[tuple[_Search, Node]], env: SearchEnv, cfg: MCTSConfi
             if terminal:
                 s.saw(trace, reward, "tree")
         set_priors(node)
+        if new:  # a node that grew is open again, and so is every node above it
+            n: Node | None = node
+            while n is not None:
+                s.finished.discard(n)
+                n = n.parent
         if not node.children:
             node.terminal, node.reward = True, env.reward(s.problem, prefix)
         elif not new:
