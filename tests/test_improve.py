@@ -229,3 +229,11 @@ def test_lora_trains_adapters_and_saves_an_ordinary_model(tmp_path, monkeypatch)
     changed = [n for (n, p), (_, q) in zip(new.named_parameters(), old.named_parameters()) if not torch.equal(p, q)]
     assert changed and all("proj" in n for n in changed)  # only the adapted linear layers moved
     assert "sft" in json.loads((tmp_path / "run" / "iter-1" / "policy-train.json").read_text())
+
+
+def test_a_partial_group_keeps_the_loops_own_defaults():
+    cfg = build(ImproveConfig, apply_sets({}, ["search.simulations=7"]))
+    default = ImproveConfig()
+    assert cfg.search.simulations == 7
+    assert cfg.search.k_max == default.search.k_max and cfg.search.skip_finished == default.search.skip_finished
+    assert cfg.search.seed == 0 and cfg.sft == default.sft

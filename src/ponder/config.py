@@ -131,7 +131,14 @@ def build(cls: type, values: dict[str, Any], where: str = "") -> Any:
     for name, v in values.items():
         kind = hints[name]
         if _is_config(kind):
-            kw[name] = build(kind, v, f"{where}.{name}" if where else name)
+            # a partial group (``--set search.k=4``) keeps the rest of *this field's* defaults, which
+            # may differ from the group class's own (the loop's MCTS settings are not MCTSConfig())
+            path = f"{where}.{name}" if where else name
+            if not isinstance(v, dict):
+                raise PonderError(f"{path}: expected a group of options (like {path}.FIELD=VALUE), got {v!r}")
+            f = names[name]
+            base = dataclasses.asdict(f.default_factory()) if f.default_factory is not dataclasses.MISSING else {}
+            kw[name] = build(kind, {**base, **v}, path)
         elif get_origin(kind) is tuple and isinstance(v, list):
             kw[name] = tuple(v)
         else:
