@@ -67,11 +67,11 @@ def main() -> None:
     kill_when(start, "during iteration 1's search (after its first batch)", lambda: len(rows(search1)) >= 8)
     n_before = len(rows(search1))
     log.append(f"  search rows at the kill: {n_before}")
-    kill_when(resume, "during iteration 1's policy training",
-              lambda: (out / "iter-1" / "policy-sft.losses.jsonl").exists()
-              and len((out / "iter-1" / "policy-sft.losses.jsonl").read_text().splitlines()) >= 5)
+    critic_log = out / "iter-1" / "critics.losses.jsonl"
+    kill_when(resume, "during iteration 1's training (critics)",
+              lambda: critic_log.exists() and len(critic_log.read_text().splitlines()) >= 3)
     kill_when(resume, "during iteration 2's search",
-              lambda: len(rows(out / "iter-2" / "search.jsonl")) >= 8)
+              lambda: 8 <= len(rows(out / "iter-2" / "search.jsonl")) < args.problems)
     t0 = time.time()
     done = subprocess.run(resume, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     log.append(f"final resume: exit {done.returncode} in {time.time() - t0:.0f} s {done.stderr.strip()[-300:]}")
