@@ -35,8 +35,11 @@ class DPOConfig:
     beta: float = option(0.1, "DPO temperature beta: how far the policy may move from the reference")
     epochs: int = option(2, "passes over the pairs")
     batch_size: int = option(32, "pairs per step")
-    lr: float = option(2e-4, "learning rate (AdamW)")
-    sft_weight: float = option(0.1, "weight of the chosen steps' NLL added to the DPO loss (0 = pure DPO)")
+    lr: float = option(
+        2e-5, "learning rate (AdamW); measured on the tiny model: 2e-4 cut greedy's legal steps from 86% to 23-30%, "
+        "2e-5 kept 89%"
+    )
+    sft_weight: float = option(1.0, "weight of the chosen steps' NLL added to the DPO loss (0 = pure DPO)")
     max_pairs: int = option(4096, "most pairs used (a random subset beyond that)")
     seed: int = option(0, "seed for shuffling")
 
