@@ -202,10 +202,10 @@ def cmd_eval(args) -> None:
 
 
 def _nested_fields(cls) -> set[str]:
+    """The config's option groups (fields holding another config), set through --set or YAML, not flat options."""
     import dataclasses
 
-    return {f.name for f in dataclasses.fields(cls) if dataclasses.is_dataclass(f.default_factory) or
-            (f.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(f.default_factory()))}
+    return {f.name for f in dataclasses.fields(cls) if f.default_factory is not dataclasses.MISSING}
 
 
 def cmd_improve(args) -> None:

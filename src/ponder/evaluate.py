@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 from .compute import Compute
 from .errors import PonderError
+from .io import read_rows  # noqa: F401  (run files are read here and by the loop)
 from .models import Policy
 from .search import SearchEnv, SearchResult, get_method
 from .tasks import Problem, Task
@@ -57,31 +58,6 @@ def result_row(task: Task, method: str, r: SearchResult, tree: bool = False) -> 
     if tree:
         row["tree"] = r.tree.to_dict()
     return row
-
-
-def read_rows(path: Path) -> list[dict]:
-    """Rows of a run file. A torn final line (a crash mid-write) is cut off; a final row that lost only
-    its newline gets it back, so the next append starts on a line of its own."""
-    if not path.exists():
-        return []
-    data = path.read_bytes()
-    lines = data.split(b"\n")
-    rows = []
-    for lineno, raw in enumerate(lines, 1):
-        if not raw.strip():
-            continue
-        try:
-            rows.append(json.loads(raw))
-        except json.JSONDecodeError:
-            if lineno < len(lines):  # not the last line: the file is damaged, not torn
-                raise PonderError(f"{path}:{lineno}: malformed line in run file") from None
-            with path.open("r+b") as fh:
-                fh.truncate(len(data) - len(raw))
-            return rows
-    if data and not data.endswith(b"\n"):
-        with path.open("ab") as fh:
-            fh.write(b"\n")
-    return rows
 
 
 def summarize(method: str, rows: Sequence[dict], seconds: float | None = None) -> Summary:

@@ -9,6 +9,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from .errors import PonderError
+
 
 @contextmanager
 def atomic_dir(out: str | Path) -> Iterator[Path]:
@@ -43,16 +45,26 @@ def write_jsonl(path: str | Path, rows: Iterable[Any]) -> None:
     write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
-def read_jsonl_rows(path: str | Path) -> list[Any]:
-    """Rows of a JSONL file this program wrote (atomically, so whole); a damaged one is a clear error."""
-    from .errors import PonderError
-
-    path = Path(path)
+def read_rows(path: Path) -> list[dict]:
+    """Rows of a run file. A torn final line (a crash mid-write) is cut off; a final row that lost only
+    its newline gets it back, so the next append starts on a line of its own."""
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    lines = data.split(b"\n")
     rows = []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                raise PonderError(f"{path}:{lineno}: malformed line") from None
+    for lineno, raw in enumerate(lines, 1):
+        if not raw.strip():
+            continue
+        try:
+            rows.append(json.loads(raw))
+        except json.JSONDecodeError:
+            if lineno < len(lines):  # not the last line: the file is damaged, not torn
+                raise PonderError(f"{path}:{lineno}: malformed line in run file") from None
+            with path.open("r+b") as fh:
+                fh.truncate(len(data) - len(raw))
+            return rows
+    if data and not data.endswith(b"\n"):
+        with path.open("ab") as fh:
+            fh.write(b"\n")
     return rows

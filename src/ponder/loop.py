@@ -37,7 +37,7 @@ from typing import Any, Callable, Literal, Sequence
 from .config import build, check_literals, check_positive, nested, option, to_dict
 from .critics import Mixture
 from .errors import PonderError
-from .io import read_jsonl_rows, write_jsonl, write_text
+from .io import read_rows, write_jsonl, write_text
 from .models.tiny import TinyConfig
 from .search.mcts import MCTSConfig
 from .tasks import Problem, Task, get_task
@@ -190,8 +190,6 @@ class Run:
         write_text(self.it(i) / "phases.json", json.dumps(done, indent=2))
 
     def metrics(self) -> list[dict]:
-        from .evaluate import read_rows
-
         return read_rows(self.root / "metrics.jsonl")  # a line torn by a crash is dropped
 
 
@@ -260,7 +258,7 @@ def held_out(task: Task, cfg: ImproveConfig) -> tuple[list[Problem], Callable[[i
 
 
 def problem_rows(path: Path) -> list[Problem]:
-    return [Problem.from_dict(r) for r in read_jsonl_rows(path)]
+    return [Problem.from_dict(r) for r in read_rows(path)]
 
 
 class Improver:
@@ -380,7 +378,7 @@ class Improver:
         crit: dict[str, list] = {k: [] for k in CRITIC_KINDS}
         labels = {"value": data.value_label, "prm": data.prm_label(self.cfg.prm_label), "orm": data.orm_label}
         for j in range(1, i + 1):
-            rows = read_jsonl_rows(self.run.it(j) / "search.jsonl")
+            rows = read_rows(self.run.it(j) / "search.jsonl")
             recent = j > i - self.cfg.replay
             for r in rows:
                 problem = Problem(r["problem_id"], r["question"], r.get("reference"), r.get("meta") or {})
@@ -409,8 +407,8 @@ class Improver:
         cfg, it = self.cfg, self.run.it(i)
         if cfg.policy_update == "none":
             return start
-        sft = read_jsonl_rows(it / "data" / "sft.jsonl")
-        pairs = read_jsonl_rows(it / "data" / "pairs.jsonl") if cfg.policy_update == "sft+dpo" else []
+        sft = read_rows(it / "data" / "sft.jsonl")
+        pairs = read_rows(it / "data" / "pairs.jsonl") if cfg.policy_update == "sft+dpo" else []
         if not sft and not pairs:
             say(f"iteration {i}: no verified trace and no step pair; the policy stays {start}")
             return start
@@ -467,7 +465,7 @@ class Improver:
             return {"frozen": True}
         out: dict[str, Any] = {}
         for kind in cfg.critics:
-            records = read_jsonl_rows(it / "data" / f"{kind}.jsonl")
+            records = read_rows(it / "data" / f"{kind}.jsonl")
             if not records:
                 out[kind] = {"skipped": "no labels"}
                 continue
