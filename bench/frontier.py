@@ -3,6 +3,10 @@ puzzle for greedy, best-of-N, beam, DVTS, ToT-BFS, MCTS and A*, each at a few bu
 markdown table and draws one accuracy-vs-tokens line per method into a PNG.
 
     python bench/frontier.py --model runs/demo/model [--methods beam,mcts] [--levels s,m,l] [--limit 100]
+    python bench/frontier.py --model ITER/policy --critic implicit:ITER --methods beam --out bench/out/implicit
+
+``--critic SPEC`` (any ``--critic`` of ``ponder eval``: ``implicit:ITER``, ``value:DIR``, ...) makes the
+tree searches rank states with that critic (``scorer="critic"``) instead of verifier-scored rollouts.
 
 Every run is written to OUT/METHOD-LEVEL.jsonl and resumes where it stopped (``run_eval``); a rerun with
 other settings for the same file is refused, so change --out when the level maps below change.
@@ -23,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from ponder.critics import Verifier
+from ponder.critics import Verifier, get_critic
 from ponder.evaluate import run_eval
 from ponder.models import load_policy
 from ponder.search import get_method
@@ -73,10 +77,12 @@ ROLLOUT_SCORED = {"beam", "dvts", "tot-bfs", "astar"}  # configs with a `scorer`
 LEVEL_ORDER = ["s", "m", "l", "xl"]
 
 
-def make_config(method: str, level: str):
+def make_config(method: str, level: str, critic: bool = False):
     fields = dict(LEVELS[method][level])
     if method in ROLLOUT_SCORED:
-        fields.setdefault("scorer", "rollout")
+        if critic:
+            fields.pop("rollouts", None)
+        fields.setdefault("scorer", "critic" if critic else "rollout")
     return get_method(method).config(**fields)
 
 
@@ -118,6 +124,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=25)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--critic", help="rank tree-search states with this critic (a ponder eval --critic spec) instead of rollouts")
     ap.add_argument("--out", default="bench/out/frontier")
     ap.add_argument("--png", default="bench/out/frontier.png")
     args = ap.parse_args()
@@ -130,18 +137,20 @@ def main() -> None:
         if lv not in LEVEL_ORDER:
             ap.error(f"unknown level {lv!r}; choose from {', '.join(LEVEL_ORDER)}")
     # build every config first, so a bad level map fails before any compute is spent
-    plan = [(m, lv, make_config(m, lv)) for m in methods for lv in LEVEL_ORDER if lv in levels and lv in LEVELS[m]]
+    plan = [(m, lv, make_config(m, lv, bool(args.critic))) for m in methods for lv in LEVEL_ORDER if lv in levels and lv in LEVELS[m]]
 
     torch.set_num_threads(args.threads)
     task = get_task("game24")
     problems = task.problems("test")[: args.limit]
     policy = load_policy(args.model, seed=args.seed)
+    guide = get_critic(args.critic, task, policy) if args.critic else None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
     cmd = " ".join(shlex.quote(a) for a in ["python", *sys.argv])
     header = (
-        f"# Game of 24 frontier ({len(problems)} test puzzles), model {args.model}, seed {args.seed}, "
+        f"# Game of 24 frontier ({len(problems)} test puzzles), model {args.model}, "
+        f"tree searches ranked by {args.critic or 'verifier rollouts'}, seed {args.seed}, "
         f"{platform.machine()} {platform.system()} ({platform.platform()}), {torch.get_num_threads()} threads, "
         f"{datetime.now().isoformat(timespec='seconds')}"
     )
@@ -149,8 +158,9 @@ def main() -> None:
 
     results = []
     for method, level, cfg in plan:
-        critic = Verifier(task) if get_method(method).needs_critic else None
-        settings = {"model": args.model, "seed": args.seed, "task": "game24", "split": "test", "bench": "frontier", "level": level}
+        critic = (guide if method in ROLLOUT_SCORED and guide else Verifier(task)) if get_method(method).needs_critic else None
+        settings = {"model": args.model, "seed": args.seed, "task": "game24", "split": "test", "bench": "frontier", "level": level,
+                    "critic": args.critic}
         path = out / f"{method}-{level}.jsonl"
         before = sum(1 for _ in path.open()) if path.exists() else 0  # rows already there (a resumed run)
         t0 = time.perf_counter()

@@ -4,18 +4,21 @@
 - ``value:PATH``, ``prm:PATH``, ``orm:PATH``: learned critics (``ScalarCritic`` folders written by
   ``ponder improve``);
 - ``judge``: the policy model prompted as a judge (Tree of Thoughts' value prompt);
+- ``implicit:ITER`` or ``implicit:POLICY:REFERENCE``: the implicit reward of a DPO-trained policy,
+  beta * log(pi / pi_ref) summed over the steps so far (``ITER``: a ``ponder improve`` iteration folder);
 - a weighted mix of any of them, AlphaLLM-style: ``value:PATH@0.5,prm:PATH@0.3,verifier@0.2``.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable, NamedTuple
 
 from ..errors import PonderError
 from ..tasks import Task
 from .base import Critic, Mixture, Verifier, checked_scores
 
-CRITICS = ("verifier", "judge", "value:PATH", "prm:PATH", "orm:PATH")
+CRITICS = ("verifier", "judge", "value:PATH", "prm:PATH", "orm:PATH", "implicit:ITER", "implicit:POLICY:REFERENCE")
 _LEARNED = ("value", "prm", "orm")
 
 
@@ -41,7 +44,11 @@ def parse_critic(spec: str) -> list[CriticSpec]:
             if weight <= 0:
                 raise PonderError(f"--critic {spec!r}: weights must be > 0, got {weight}")
         kind, _, path = term.partition(":")
-        if kind in _LEARNED:
+        if kind == "implicit":
+            if not path:
+                raise PonderError("--critic implicit needs models: implicit:ITER (a ponder improve iteration folder) "
+                                  "or implicit:POLICY:REFERENCE")
+        elif kind in _LEARNED:
             if not path:
                 raise PonderError(f"--critic {kind} needs a folder: {kind}:PATH (written by ponder improve)")
         elif kind in ("verifier", "judge"):
@@ -62,6 +69,21 @@ def get_critic(spec: str, task: Task, policy: Callable[[], object] | object | No
     return Mixture(critics, [t.weight for t in terms])
 
 
+def load_implicit(spec: str, task: Task, policy=None):
+    """The implicit-reward critic of ``ITER`` (a ponder improve iteration folder) or ``POLICY:REFERENCE``;
+    ``policy``, if loaded from the same folder, is shared instead of loaded again."""
+    from .implicit import ImplicitReward
+
+    device = str(policy.model.device) if policy is not None and hasattr(policy, "model") else None
+    if (Path(spec) / "policy-train.json").is_file():
+        return ImplicitReward.from_iteration(spec, task, device, loaded=policy)
+    pol, sep, ref = spec.partition(":")
+    if not sep or not pol or not ref:
+        raise PonderError(f"implicit reward {spec!r}: not an iteration folder of ponder improve (no policy-train.json); "
+                          "give POLICY:REFERENCE")
+    return ImplicitReward.load(pol, ref, task, device=device, loaded=policy)
+
+
 def _one(t: CriticSpec, task: Task, policy) -> Critic:
     if t.kind == "verifier":
         return Verifier(task)
@@ -72,6 +94,8 @@ def _one(t: CriticSpec, task: Task, policy) -> Critic:
         from .judge import Judge
 
         return Judge(pol, task)
+    if t.kind == "implicit":
+        return load_implicit(t.path, task, pol)
     from .scalar import ScalarCritic
 
     device = str(pol.model.device) if pol is not None and hasattr(pol, "model") else None
@@ -81,4 +105,5 @@ def _one(t: CriticSpec, task: Task, policy) -> Critic:
     return critic
 
 
-__all__ = ["CRITICS", "Critic", "CriticSpec", "Mixture", "Verifier", "checked_scores", "get_critic", "parse_critic"]
+__all__ = ["CRITICS", "Critic", "CriticSpec", "Mixture", "Verifier", "checked_scores", "get_critic", "load_implicit",
+           "parse_critic"]

@@ -69,6 +69,15 @@ def right_pad(seqs: Sequence[Sequence[int]], pad: int | None) -> tuple["torch.Te
     return ids, mask
 
 
+def token_logprobs(model, seqs: Sequence[Sequence[int]], pad: int | None = None) -> torch.Tensor:
+    """log p(x[t+1] | x[:t+1]) of every token of each sequence after its first, in one forward pass:
+    (B, T-1), column t scoring token t+1; columns past a sequence's end are padding (mask them)."""
+    ids, mask = right_pad(seqs, pad)
+    ids, mask = ids.to(model.device), mask.to(model.device)
+    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]  # (B, T-1, V): position t predicts t+1
+    return torch.log_softmax(logits.float(), -1).gather(-1, ids[:, 1:, None]).squeeze(-1)  # (B, T-1)
+
+
 class HFPolicy:
     """A transformers causal LM and its tokenizer behind the ``Policy`` protocol."""
 
@@ -76,6 +85,7 @@ class HFPolicy:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.name = name
+        self.source: str | None = None
         self.chat = has_chat(tokenizer)
         self.generator = torch.Generator(device=model.device).manual_seed(seed)
         eos = model.generation_config.eos_token_id if model.generation_config else None
@@ -169,4 +179,6 @@ def load_hf(spec: str, device: str | None = None, dtype: str = "auto", seed: int
         raise PonderError(f"{path}: cannot load model ({str(e).splitlines()[0]})") from None
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
-    return HFPolicy(model, tok, name=name, seed=seed)
+    policy = HFPolicy(model, tok, name=name, seed=seed)
+    policy.source = spec  # what it was loaded from, so a critic reading the same model can share it
+    return policy

@@ -86,8 +86,12 @@ def _num(x: Any, fmt: str = ".3g") -> str:
         return _e(x)
 
 
-def _node_html(node: Node, chosen: set[str], out: list[str]) -> None:
-    """Depth first, iteratively (deep trees must not hit the recursion limit)."""
+def _node_html(node: Node, chosen: set[str], out: list[str], credit: dict[str, list[tuple[str, float]]] | None = None) -> None:
+    """Depth first, iteratively (deep trees must not hit the recursion limit). ``credit``: node id ->
+    its step's (token, implicit reward) pairs, to colour the step's text."""
+    from .credit import scale_of, token_spans
+
+    scale = scale_of([r for pieces in (credit or {}).values() for _, r in pieces])
     stack: list[Any] = [node]
     while stack:
         item = stack.pop()
@@ -109,6 +113,10 @@ def _node_html(node: Node, chosen: set[str], out: list[str]) -> None:
         if n.depth:
             stats.append(f'<span title="log-probability">lp {_num(n.logprob, ".2f")}</span>'
                          f'<span title="tokens">{n.tokens} tok</span>')
+        pieces = (credit or {}).get(n.id)
+        if pieces is not None:
+            stats.append(f'<span class="score" title="implicit reward of this step: beta * log(pi / pi_ref) summed over '
+                         f'its tokens">r {sum(r for _, r in pieces):+.3f}</span>')
         for name, v in (n.scores or {}).items():
             stats.append(f'<span class="score" title="critic {_e(name)}">{_e(name)} {_num(v)}</span>')
         if n.terminal:
@@ -118,6 +126,10 @@ def _node_html(node: Node, chosen: set[str], out: list[str]) -> None:
         if kids:
             stats.append(f'<span class="nkids">{len(n.children)} child{"ren" if len(n.children) != 1 else ""}</span>')
         step = _e(n.step) if n.step else '<i class="muted">root</i>'
+        if pieces is not None:
+            step = token_spans(pieces, scale)
+        if pieces is not None:
+            step = token_spans(pieces, scale)
         out.append(
             f'<li class="{" ".join(cls)}"><div class="row"><span class="tog">{"" if not kids else ("▾" if open_ else "▸")}</span>'
             f'<span class="nid">{_e(n.id)}</span><span class="step">{step}</span>'
@@ -158,7 +170,7 @@ def _problem_html(i: int, row: dict[str, Any]) -> str:
         parts.append('<p class="muted">no tree saved in this row (run ponder eval with --save-trees)</p>')
     else:
         out: list[str] = ['<ul class="tree">']
-        _node_html(tree, set(chosen_ids(tree, steps)), out)
+        _node_html(tree, set(chosen_ids(tree, steps)), out, row.get("credit"))
         out.append("</ul>")
         parts.append("".join(out))
     parts.append("</section>")
@@ -170,7 +182,7 @@ def _json_for_script(obj: Any) -> str:
 
 
 def render_html(kind: str, rows: list[dict[str, Any]], title: str) -> str:
-    meta = [{k: (v if k != "tree" else None) for k, v in r.items() if k != "tree"} | {"has_tree": r.get("tree") is not None}
+    meta = [{k: v for k, v in r.items() if k not in ("tree", "credit")} | {"has_tree": r.get("tree") is not None}
             for r in rows]
     select = ""
     if kind == "run":
@@ -189,9 +201,44 @@ def render_html(kind: str, rows: list[dict[str, Any]], title: str) -> str:
     return _PAGE.format(title=_e(title), select=select, body=body, data=_json_for_script({"kind": kind, "rows": meta}))
 
 
-def view(path: Path | str, out: Path | str | None = None) -> Path:
+def add_credit(rows: list[dict[str, Any]], reward) -> None:
+    """Give each row's tree a ``credit`` map: node id -> its step's (token, implicit reward) pairs.
+
+    A token's reward depends only on the text before it, so reading each leaf's whole path once gives
+    every node on it its rewards: one batched call over all leaves of all trees.
+    """
+    from ..tasks import Problem
+
+    jobs = []  # (row, leaf)
+    for row in rows:
+        tree = row.get("tree")
+        if tree is not None:
+            row["credit"] = {}
+            jobs += [(row, leaf) for leaf in tree if not leaf.children and leaf.depth]
+    problems = [Problem(str(r["problem_id"]), str(r.get("question", "")), r.get("reference"), r.get("meta") or {})
+                for r, _ in jobs]
+    for (row, leaf), c in zip(jobs, reward.credit(problems, [leaf.steps() for _, leaf in jobs])):
+        for node in leaf.path():
+            row["credit"][node.id] = c.step_tokens(node.depth - 1)
+
+
+def view(path: Path | str, out: Path | str | None = None, credit: str | None = None, task: str | None = None) -> Path:
+    """Write the page for ``path``; ``credit`` (an implicit-reward spec: ITER or POLICY:REFERENCE) colours
+    every step by its per-token implicit reward, for a run file's task (from its meta file) or ``task``."""
     path = Path(path)
     kind, rows = load_view_rows(path)
+    if credit:
+        from ..critics import load_implicit
+        from ..tasks import get_task
+
+        meta_path = path.with_name(path.name + ".meta.json")
+        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        name = task or meta.get("task")
+        if not name:
+            raise PonderError(f"--credit needs the task: {path} has no meta file naming it; give --task")
+        if kind == "tree":
+            raise PonderError(f"--credit needs each tree's problem: {path} is a bare tree; use an eval run file (--save-trees)")
+        add_credit(rows, load_implicit(credit, get_task(name, meta.get("data") if not task else None)))
     out = Path(out) if out else path.with_suffix(".html")
     if out.resolve() == path.resolve():
         raise PonderError(f"--out would overwrite the input {path}")

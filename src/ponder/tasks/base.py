@@ -125,6 +125,12 @@ class Task(ABC):
         """A trace ends when it has an answer or reaches ``max_steps``."""
         return len(steps) >= self.max_steps or self.answer(problem, steps) is not None
 
+    def first_bad_step(self, problem: Problem, steps: Sequence[str]) -> int | None:
+        """Index of the first step that made a correct answer unreachable, or None if no step did:
+        the ground truth that credit assignment is measured against. Only tasks that can decide it
+        exactly implement it."""
+        raise PonderError(f"task {self.name!r} cannot tell a trace's first bad step")
+
 
 def read_jsonl(path: str | Path, required: Sequence[str]) -> list[dict]:
     """Read a JSONL file; a malformed line or a missing key is a one-line error naming file and line."""

@@ -279,6 +279,13 @@ class Game24(Task):
         before = replay(self.numbers(problem), steps)
         return before is not None and apply_step(before, step) is not None
 
+    def first_bad_step(self, problem: Problem, steps: Sequence[str]) -> int | None:
+        """The first step after which 24 can no longer be reached (an illegal step included), or None if
+        every step keeps it reachable or the puzzle never was solvable (no step is to blame)."""
+        if not self.can_reach(problem, []):
+            return None
+        return next((i for i in range(len(steps)) if not self.can_reach(problem, steps[: i + 1])), None)
+
     def can_reach(self, problem: Problem, steps: Sequence[str]) -> bool:
         """Whether 24 is still reachable from this state (exact, by brute force)."""
         left = replay(self.numbers(problem), steps)

@@ -55,18 +55,15 @@ def step_logps(model, encode, problems: Sequence[Problem], prefixes: Sequence[Se
 
     ``encode`` is a ``TraceEncoder``: the step's tokens are those after the prefix's last step end.
     """
-    from ..models.hf import right_pad
+    from ..models.hf import token_logprobs
 
     enc = [encode(p, [*pre, s]) for p, pre, s in zip(problems, prefixes, steps)]
     lengths = [len(encode.tokenizer(s, add_special_tokens=False)["input_ids"]) for s in steps]
     starts = [ends[-1] - n + 1 for (_, ends), n in zip(enc, lengths)]
-    ids, mask = right_pad([x for x, _ in enc], getattr(model.config, "pad_token_id", None) or 0)
-    ids, mask = ids.to(model.device), mask.to(model.device)
-    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]  # (B, T-1, V): position t predicts t+1
-    lp = torch.log_softmax(logits.float(), -1).gather(-1, ids[:, 1:, None]).squeeze(-1)  # (B, T-1)
-    pos = torch.arange(ids.shape[1] - 1, device=ids.device)[None]  # (1, T-1)
-    first = torch.tensor(starts, device=ids.device)[:, None] - 1  # predicting token `start` happens at start - 1
-    last = torch.tensor([ends[-1] for _, ends in enc], device=ids.device)[:, None] - 1
+    lp = token_logprobs(model, [x for x, _ in enc], getattr(model.config, "pad_token_id", None) or 0)  # (B, T-1)
+    pos = torch.arange(lp.shape[1], device=lp.device)[None]  # (1, T-1)
+    first = torch.tensor(starts, device=lp.device)[:, None] - 1  # predicting token `start` happens at start - 1
+    last = torch.tensor([ends[-1] for _, ends in enc], device=lp.device)[:, None] - 1
     sel = (pos >= first) & (pos <= last)  # (B, T-1)
     return (lp * sel).sum(-1), sel.sum(-1)
 
