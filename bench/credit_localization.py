@@ -34,8 +34,13 @@ from ponder.tasks import get_task
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--iteration", required=True, help="an iteration folder of ponder improve that ran step-DPO")
+    ap.add_argument("--policy", help="another DPO policy to read against the iteration's reference (default: ITER/policy)")
     ap.add_argument("--samples", type=int, default=4, help="traces sampled per test problem")
     ap.add_argument("--limit", type=int, default=100, help="test problems (the first LIMIT)")
+    ap.add_argument("--sample-from", choices=["policy", "reference"], default="policy",
+                    help="the model the failed traces come from: the DPO policy (its own samples are biased towards "
+                         "positive implicit reward: E_pi[log pi/pi_ref] = KL >= 0) or its reference (biased negative)")
+    ap.add_argument("--min-steps", type=int, default=2, help="shortest failed trace kept (one step: nothing to localize)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", help="JSON file for the cases and the table (default: bench/out/credit-TASK.json)")
@@ -47,7 +52,10 @@ def main() -> None:
     run_cfg = yaml.safe_load((it.parent / "config.yaml").read_text())
     task = get_task(run_cfg["task"], run_cfg.get("data"))
     reward = ImplicitReward.from_iteration(it, task)
-    policy = HFPolicy(reward.policy, reward.tokenizer, name="policy", seed=args.seed)
+    if args.policy:
+        reward.policy = ImplicitReward.load(args.policy, it / "policy", task).policy
+    sampler = reward.policy if args.sample_from == "policy" else reward.reference
+    policy = HFPolicy(sampler, reward.tokenizer, name=args.sample_from, seed=args.seed)
     problems = task.problems("test")[: args.limit]
 
     t0 = time.time()
@@ -56,7 +64,7 @@ def main() -> None:
     flat_p = [p for p, ts in zip(problems, traces) for _ in ts]
     flat_t = [t for ts in traces for t in ts]
     solved = sum(task.reward(p, t) for p, t in zip(flat_p, flat_t))
-    cases = failed_with_first_bad(task, flat_p, flat_t)
+    cases = failed_with_first_bad(task, flat_p, flat_t, args.min_steps)
     failed = sum(1 for p, t in zip(flat_p, flat_t) if task.reward(p, t) == 0)
 
     raters = {f"implicit reward (beta {reward.beta:g})": implicit_rater(reward)}
@@ -71,23 +79,39 @@ def main() -> None:
     for c in cases:
         positions[c[2]] += 1
 
+    # a second ground truth where the task can check each step on its own (Game of 24): the first illegal
+    # step (wrong arithmetic, a number not on the table), a local error of the kind step pairs teach
+    illegal_hits = None
+    if hasattr(task, "step_is_legal"):
+        illegal = [(p, t, next((i for i in range(len(t)) if not task.step_is_legal(p, t[:i], t[i])), None)) for p, t, _ in cases]
+        illegal_hits = localize([c for c in illegal if c[2] is not None], raters)
+
     cmd = " ".join(shlex.quote(a) for a in ["python", *sys.argv])
     print(f"$ {cmd}")
-    print(f"# {task.name}: {len(flat_t)} traces sampled ({args.samples} x {len(problems)} test problems) from {it}/policy, "
-          f"{solved:.0f} solved, {failed} failed, {len(cases)} failed with a first bad step; "
+    print(f"# {task.name}: {len(flat_t)} traces sampled ({args.samples} x {len(problems)} test problems) from the {args.sample_from} of {it}, "
+          f"{solved:.0f} solved, {failed} failed, {len(cases)} failed in >= {args.min_steps} steps with a first bad step; "
           f"first bad step at positions {positions}; seed {args.seed}; {platform.machine()} {platform.system()}, "
           f"{torch.get_num_threads()} thread(s), {time.time() - t0:.0f} s, {datetime.now().isoformat(timespec='seconds')}\n")
     print("| blames the lowest-rated step | hits | failed traces | hit rate | x random |")
     print("|---|---|---|---|---|")
-    rnd = hits[0].rate or 1e-9
-    for h in hits:
-        print(f"| {h.name} | {h.hits:.1f} | {h.traces} | {100 * h.rate:.1f}% | {h.rate / rnd:.2f} |")
+    def table(hits):
+        rnd = hits[0].rate or 1e-9
+        for h in hits:
+            print(f"| {h.name} | {h.hits:.1f} | {h.traces} | {100 * h.rate:.1f}% | {h.rate / rnd:.2f} |")
+
+    table(hits)
+    if illegal_hits:
+        print("\nSame traces, those with an illegal step; a hit = blaming the first illegal step:\n")
+        print("| blames the lowest-rated step | hits | failed traces | hit rate | x random |")
+        print("|---|---|---|---|---|")
+        table(illegal_hits)
 
     out = Path(args.out or f"bench/out/credit-{task.name}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
-        "command": cmd, "iteration": str(it), "seed": args.seed, "positions": positions,
+        "command": cmd, "iteration": str(it), "seed": args.seed, "sample_from": args.sample_from, "positions": positions,
         "table": [{"name": h.name, "hits": h.hits, "traces": h.traces, "rate": h.rate} for h in hits],
+        "first_illegal_table": [{"name": h.name, "hits": h.hits, "traces": h.traces, "rate": h.rate} for h in illegal_hits or []],
         "cases": [{"problem": p.to_dict(), "steps": t, "first_bad": b} for p, t, b in cases],
     }, indent=1))
     print(f"\ncases: {out}")

@@ -169,7 +169,8 @@ def main() -> None:
         wall = time.perf_counter() - t0 if before < len(problems) else None  # None: read back, not run now
         tps = s.tokens_generated * s.problems / s.seconds if s.seconds > 0 else float("nan")
         r = dict(method=method, level=level, accuracy=s.accuracy, tokens_generated=s.tokens_generated,
-                 tokens_read=s.tokens_read, seconds=s.seconds, tps=tps, problems=s.problems, knobs=LEVELS[method][level], wall=wall)
+                 tokens_read=s.tokens_read, seconds=s.seconds, tps=tps, problems=s.problems, wall=wall,
+                 knobs={k: v for k, v in LEVELS[method][level].items() if not (guide and k == "rollouts")})
         results.append(r)
         print(f"  {method}-{level}: {100 * s.accuracy:.0f}% solved, {s.tokens_generated:,.0f} tok/puzzle, "
               f"{s.seconds:.1f}s attributed, {fmt_wall(wall)} wall, {tps:,.0f} tok/s", flush=True)

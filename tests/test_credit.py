@@ -146,8 +146,10 @@ def test_localization_counts_hits_and_the_two_baselines():
     wrong_second = ["10 - 6 = 4 (left: 4 4 8)\n", "4 + 8 = 12 (left: 4 12)\n", "12 * 4 = 48 (left: 48)\n"]
     also_first = ["10 - 8 = 2 (left: 2 4 6)\n", "2 * 6 = 12 (left: 4 12)\n", "12 - 4 = 8 (left: 8)\n"]
     won = ["6 - 8 = -2 (left: 4 10 -2)\n", "-2 * 10 = -20 (left: 4 -20)\n", "4 - -20 = 24 (left: 24)\n"]
-    cases = failed_with_first_bad(TASK, [P] * 5, [wrong_first, wrong_second, also_first, won, []])
-    assert [c[2] for c in cases] == [0, 1, 0]  # the solved trace and the empty one are not failures to explain
+    traces = [wrong_first, wrong_second, also_first, won, [], wrong_first[:1]]
+    cases = failed_with_first_bad(TASK, [P] * 6, traces)
+    assert [c[2] for c in cases] == [0, 1, 0]  # not the solved trace, the empty one, nor one step (nothing to localize)
+    assert len(failed_with_first_bad(TASK, [P] * 6, traces, min_steps=1)) == 4
     bad = [c[2] for c in cases]
 
     def oracle(problems, traces):  # rates the true first bad step lowest

@@ -190,7 +190,8 @@ def test_run_folder_guards(tmp_path):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--resume", "x", "--iterations", "2"], "--resume takes the run's own config"),
+    (["--resume", "x", "--problems", "2"], "--resume takes the run's own config"),
+    (["--resume", "x", "--iterations", "2"], "nothing to resume"),
     (["--set", "search.nope=1"], "unknown option.*search.nope"),
     (["--set", "iterations"], "expected KEY=VALUE"),
     (["--iterations", "0"], "--iterations must be > 0"),
@@ -237,3 +238,47 @@ def test_a_partial_group_keeps_the_loops_own_defaults():
     assert cfg.search.simulations == 7
     assert cfg.search.k_max == default.search.k_max and cfg.search.skip_finished == default.search.skip_finished
     assert cfg.search.seed == 0 and cfg.sft == default.sft
+
+
+def test_a_run_keeps_its_dpo_reference_reads_credit_and_extends_on_resume(tmp_path, capsys, monkeypatch):
+    from ponder.io import write_jsonl
+
+    real = loop.Improver.extract
+
+    def extract(self, i):  # the small model finds nothing; give the policy phase a trace and a pair to learn from
+        counts = real(self, i)
+        p = {"id": "x", "question": "4 6 8 10", "reference": None, "meta": {"numbers": [4, 6, 8, 10]}}
+        win = ["6 - 8 = -2 (left: 4 10 -2)\n", "-2 * 10 = -20 (left: 4 -20)\n", "4 - -20 = 24 (left: 24)\n"]
+        d = self.run.it(i) / "data"
+        write_jsonl(d / "sft.jsonl", read_rows(d / "sft.jsonl") + [{"problem": p, "steps": win}])
+        write_jsonl(d / "pairs.jsonl", read_rows(d / "pairs.jsonl") + [
+            {"problem": p, "prefix": [], "chosen": win[0], "rejected": "8 * 10 = 80 (left: 4 6 80)\n"}])
+        return counts
+
+    monkeypatch.setattr(loop.Improver, "extract", extract)
+    root = tmp_path / "run"
+    improve(root, small(iterations=1, policy_update="sft+dpo"), progress=False)
+    info = json.loads((root / "iter-1" / "policy-train.json").read_text())
+    assert "dpo" in info and "sft" in info  # both ran on this seed: the reference is the model after SFT
+    assert info["reference"] == str(root / "iter-1" / "reference")
+    assert (root / "iter-1" / "reference" / "config.json").is_file()
+
+    # the implicit reward of iteration 1's policy against that reference, as a heat map and in the tree viewer
+    trace = tmp_path / "trace.txt"
+    trace.write_text("10 - 6 = 4 (left: 4 4 8)\n4 + 8 = 12 (left: 4 12)\n")
+    assert main(["credit", "--iteration", str(root / "iter-1"), "--problem", "4 6 8 10", "--steps", str(trace),
+                 "--out", str(tmp_path / "c.html")]) == 0
+    assert "step sums:" in capsys.readouterr().out
+    assert 'class="tok"' in (tmp_path / "c.html").read_text() and (tmp_path / "c.png").stat().st_size > 1000
+    page = tmp_path / "v.html"
+    assert main(["view", str(root / "iter-1" / "search.jsonl"), "--credit", str(root / "iter-1"), "--task", "game24",
+                 "--out", str(page)]) == 0
+    text = page.read_text()
+    assert text.count('title="implicit reward of this step') >= 4 and 'class="tok"' in text
+
+    # a finished run goes on for more iterations with --resume --iterations; other options are still refused
+    assert main(["improve", "--resume", str(root), "--iterations", "2", "--quiet"]) == 0
+    assert [m["iteration"] for m in read_rows(root / "metrics.jsonl")] == [0, 1, 2]
+    assert yaml.safe_load((root / "config.yaml").read_text())["iterations"] == 2
+    assert main(["improve", "--resume", str(root), "--problems", "8"]) == 2
+    assert "give no other options but --iterations" in capsys.readouterr().err

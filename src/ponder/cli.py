@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 from .config import add_config_args, config_from
@@ -40,10 +41,19 @@ def _add_task_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="a model folder, a .gguf file, or 'smollm2'")
+    p.add_argument("--model", required=True,
+                   help="a model folder, a .gguf file, 'smollm2', or a server: openai:http://HOST:PORT/v1[?model=NAME&tokenizer=SPEC]")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
     p.add_argument("--seed", type=int, default=0, help="seed for sampling (and for methods that take one)")
+
+
+def _add_ray_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ray", metavar="ADDRESS",
+                   help="spread problems over Ray actors that each hold the model: 'auto' (join $RAY_ADDRESS or start a "
+                        "local Ray) or a cluster address")
+    p.add_argument("--workers", type=_positive_int("workers"),
+                   help="Ray actors to start (default: one per GPU for a local model on GPUs, else one per CPU)")
 
 
 def _method_configs():
@@ -103,10 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", help="JSONL run file (appended to and resumed; default: runs/eval/TASK-METHOD.jsonl)")
     e.add_argument("--save-trees", action="store_true", help="store each problem's search tree in its row")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_ray_args(e)
 
     i = sub.add_parser("improve", help="the self-improvement loop: imagine -> search -> learn -> evaluate, repeated")
     i.add_argument("--out", help="run folder to create (default: runs/improve)")
-    i.add_argument("--resume", metavar="DIR", help="continue the run in DIR after a crash or kill (no other options)")
+    i.add_argument("--resume", metavar="DIR",
+                   help="continue the run in DIR after a crash or kill (no other options but --iterations, to extend it)")
     i.add_argument("--config", help="YAML file with the loop's options (nested groups: search, sft, dpo, critic, ...)")
     i.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any option, nested ones too: --set search.simulations=24 --set dpo.beta=0.2")
@@ -118,6 +130,27 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("view", help="write one self-contained HTML page for a saved tree or an eval run file")
     v.add_argument("file", help="a saved tree (JSON) or an eval run file (JSONL, trees from --save-trees)")
     v.add_argument("--out", help="HTML file to write (default: FILE with an .html suffix)")
+    v.add_argument("--credit", metavar="SPEC",
+                   help="colour every node's step by the implicit reward of a DPO policy: ITER (an iteration folder "
+                        "of ponder improve) or POLICY:REFERENCE; the task is read from FILE.meta.json or --task")
+    v.add_argument("--task", help="the task of a bare tree file (with --credit)")
+
+    c = sub.add_parser("credit", help="heat map (HTML + PNG) of a trace's per-token implicit reward under a DPO policy")
+    _add_task_args(c)
+    c.add_argument("--iteration", metavar="DIR", help="an iteration folder of ponder improve: its policy against the "
+                   "model its step-DPO started from, with the run's beta")
+    c.add_argument("--model", help="the DPO-trained policy (a model folder, .gguf or smollm2), with --reference")
+    c.add_argument("--reference", help="the reference model the policy was trained against")
+    c.add_argument("--beta", type=float, help="DPO beta (default: the run's with --iteration, else 0.1)")
+    c.add_argument("--problem", help="the problem text, e.g. '4 9 10 13' for game24")
+    c.add_argument("--index", type=int, help="or: problem INDEX (from 0) of --split")
+    c.add_argument("--split", default="test", choices=["train", "test"])
+    c.add_argument("--steps", metavar="FILE", help="the trace to read (a text file, split into steps by the task); "
+                   "default: the policy's greedy trace")
+    c.add_argument("--sample", action="store_true", help="sample the trace at temperature 1 instead of greedy")
+    c.add_argument("--seed", type=int, default=0, help="seed for --sample")
+    c.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    c.add_argument("--out", help="HTML file to write (default: runs/credit/PROBLEM.html); the PNG goes beside it")
     return parser
 
 
@@ -132,7 +165,10 @@ def cmd_train(args) -> None:
     cfg = config_from(SFTConfig, args)
     if args.init:
         from .models import load_policy
+        from .models.server import is_server_spec
 
+        if is_server_spec(args.init):
+            raise PonderError("--init needs a local model to train; a server (openai:...) serves search and evaluation only")
         pol = load_policy(args.init)
         model, tok = pol.model, pol.tokenizer
     else:
@@ -190,14 +226,32 @@ def cmd_eval(args) -> None:
 
     task, method, cfg = _setup(args)
     problems = task.problems(args.split)[: args.limit]
-    policy, critic = _policy_and_critic(args, task)
+    pool = None
+    if args.ray:
+        from .distributed import RayPool, WorkerSpec
+
+        spec = WorkerSpec(task.name, args.data, args.model, args.device, args.dtype, args.critic, args.seed)
+        pool = RayPool(spec, args.ray, args.workers)
+        policy, critic = None, None  # the workers hold them
+    elif args.workers:
+        raise PonderError("--workers needs --ray")
+    else:
+        policy, critic = _policy_and_critic(args, task)
     out = Path(args.out or f"runs/eval/{task.name}-{args.split}-{args.method}.jsonl")
     settings = {"task": task.name, "data": args.data, "split": args.split, "model": args.model, "seed": args.seed,
                 "critic": args.critic}
-    summary, _ = run_eval(task, policy, args.method, cfg, problems, out, critic, args.batch, args.seed, settings,
-                            not args.quiet, args.save_trees)
+    t0 = time.time()
+    try:
+        summary, _ = run_eval(task, policy, args.method, cfg, problems, out, critic, args.batch, args.seed, settings,
+                              not args.quiet, args.save_trees, pool)
+    finally:
+        if pool is not None:
+            pool.close()
     print(Summary.HEADER)
     print(summary.row())
+    if pool is not None:
+        print(f"\nRay: {len(pool.stats)} workers, {time.time() - t0:.1f} s wall (the table's seconds are summed over workers)")
+        print(pool.report())
     print(f"rows: {out}")
 
 
@@ -216,9 +270,10 @@ def cmd_improve(args) -> None:
 
     given = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_") and v is not None}
     if args.resume:
+        more = given.pop("iterations", None)
         if given or args.config or args.set or args.out:
-            raise PonderError("--resume takes the run's own config; give no other options (start a new --out instead)")
-        report = improve(args.resume, None, resume=True, progress=not args.quiet)
+            raise PonderError("--resume takes the run's own config; give no other options but --iterations (start a new --out instead)")
+        report = improve(args.resume, None, resume=True, progress=not args.quiet, iterations=more)
     else:
         values: dict = {}
         if args.config:
@@ -241,7 +296,49 @@ def cmd_improve(args) -> None:
 def cmd_view(args) -> None:
     from .report.viewer import view
 
-    print(f"wrote {view(args.file, args.out)}")
+    print(f"wrote {view(args.file, args.out, credit=args.credit, task=args.task)}")
+
+
+def cmd_credit(args) -> None:
+    from .critics.implicit import ImplicitReward
+    from .report.credit import credit_report
+    from .tasks import get_task
+
+    task = get_task(args.task, args.data)
+    if args.iteration and (args.model or args.reference):
+        raise PonderError("give either --iteration or --model with --reference, not both")
+    if args.iteration:
+        reward = ImplicitReward.from_iteration(args.iteration, task, args.device)
+    elif args.model and args.reference:
+        reward = ImplicitReward.load(args.model, args.reference, task, device=args.device)
+    else:
+        raise PonderError("ponder credit needs the models: --iteration DIR, or --model POLICY --reference REFERENCE")
+    if args.beta is not None:
+        if args.beta <= 0:
+            raise PonderError(f"--beta must be > 0, got {args.beta}")
+        reward.beta = args.beta
+    if (args.problem is None) == (args.index is None):
+        raise PonderError("give the problem: --problem TEXT or --index N (of --split)")
+    if args.problem is not None:
+        problem = task.parse_problem(args.problem)
+    else:
+        problems = task.problems(args.split)
+        if not 0 <= args.index < len(problems):
+            raise PonderError(f"--index {args.index} is out of range: the {args.split} split has {len(problems)} problems")
+        problem = problems[args.index]
+    steps = None
+    if args.steps:
+        path = Path(args.steps)
+        if not path.is_file():
+            raise PonderError(f"--steps file not found: {path}")
+        steps = task.split_steps(path.read_text())
+        if not steps:
+            raise PonderError(f"{path}: no steps in the file")
+    out = Path(args.out or f"runs/credit/{problem.id}.html")
+    html_path, png_path, credit = credit_report(reward, task, problem, out, steps, args.sample, args.seed)
+    sums = ", ".join(f"{x:+.3f}" for x in credit.step_sums)
+    print(f"step sums: {sums}  (total {credit.total:+.3f}, beta {reward.beta:g})")
+    print(f"wrote {html_path} and {png_path}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -249,7 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # our own bars are enough; transformers' loading bars are noise
     try:
         args = build_parser().parse_args(argv)
-        {"train": cmd_train, "solve": cmd_solve, "eval": cmd_eval, "improve": cmd_improve, "view": cmd_view}[args.command](args)
+        {"train": cmd_train, "solve": cmd_solve, "eval": cmd_eval, "improve": cmd_improve, "view": cmd_view,
+         "credit": cmd_credit}[args.command](args)
     except PonderError as e:
         print(f"ponder: error: {e}", file=sys.stderr)
         return 2

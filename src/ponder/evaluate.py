@@ -86,10 +86,13 @@ def run_eval(
     settings: dict | None = None,
     progress: bool = True,
     save_trees: bool = False,
+    pool=None,
 ) -> tuple[Summary, list[dict]]:
     """Run ``method`` over ``problems`` in batches; rows are appended to ``out`` as each batch finishes.
 
     ``save_trees`` adds each problem's whole search tree to its row (for ``ponder view`` and analysis).
+    ``pool`` (a ``distributed.RayPool``) runs the batches on Ray workers instead, each seeded by its
+    position in the run; rows are written as batches finish and returned in problem order.
     """
     from tqdm import tqdm
 
@@ -120,22 +123,27 @@ def run_eval(
     t0 = time.time()
     bar = tqdm(total=len(problems), initial=len(problems) - len(todo), desc=method, disable=not progress, dynamic_ncols=True)
     fh = out.open("a") if out is not None else None
+    size = batch if pool is None else pool.chunk_size(len(todo), batch)
+    chunks = [todo[i : i + size] for i in range(0, len(todo), size)]
+    if pool is None:
+        batches = ([result_row(task, method, r, save_trees) for r in m.run(c, env, config)] for c in chunks)
+    else:
+        seeds = [seed + len(done) + i * size for i in range(len(chunks))]
+        batches = (new for _, new in pool.map(method, config, chunks, seeds, save_trees))
     try:
-        for i in range(0, len(todo), batch):
-            results = m.run(todo[i : i + batch], env, config)
-            for r in results:
-                row = result_row(task, method, r, save_trees)
+        for new in batches:
+            for row in new:
                 rows.append(row)
                 if fh:
                     fh.write(json.dumps(row) + "\n")
             if fh:
                 fh.flush()
-            bar.update(len(results))
+            bar.update(len(new))
             bar.set_postfix(acc=f"{sum(r['correct'] for r in rows) / len(rows):.2f}")
     finally:
         bar.close()
         if fh:
             fh.close()
-    wanted = {p.id for p in problems}
-    rows = [r for r in rows if r["problem_id"] in wanted]
+    order = {p.id: i for i, p in enumerate(problems)}
+    rows = sorted((r for r in rows if r["problem_id"] in order), key=lambda r: order[r["problem_id"]])
     return summarize(method, rows), rows

@@ -45,9 +45,10 @@ def write_jsonl(path: str | Path, rows: Iterable[Any]) -> None:
     write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
-def read_rows(path: Path) -> list[dict]:
+def read_rows(path: str | Path) -> list[dict]:
     """Rows of a run file. A torn final line (a crash mid-write) is cut off; a final row that lost only
     its newline gets it back, so the next append starts on a line of its own."""
+    path = Path(path)
     if not path.exists():
         return []
     data = path.read_bytes()

@@ -193,8 +193,9 @@ class Run:
         return read_rows(self.root / "metrics.jsonl")  # a line torn by a crash is dropped
 
 
-def open_run(root: str | Path, cfg: ImproveConfig | None, resume: bool) -> Run:
-    """Create a run folder, or reopen one to resume. Resuming with a different config is refused."""
+def open_run(root: str | Path, cfg: ImproveConfig | None, resume: bool, iterations: int | None = None) -> Run:
+    """Create a run folder, or reopen one to resume. Resuming with a different config is refused, except
+    for ``iterations``: a finished run can be extended (its earlier iterations are kept as they are)."""
     import yaml
 
     root = Path(root)
@@ -209,6 +210,9 @@ def open_run(root: str | Path, cfg: ImproveConfig | None, resume: bool) -> Run:
         if cfg is not None and to_dict(cfg) != to_dict(saved):
             diff = [k for k, v in to_dict(cfg).items() if to_dict(saved).get(k) != v]
             raise PonderError(f"{root} was run with another config (differs in: {', '.join(diff)}); resume it without options")
+        if iterations is not None and iterations != saved.iterations:
+            saved = replace(saved, iterations=int(iterations))  # validated by __post_init__
+            write_text(path, yaml.safe_dump(to_dict(saved), sort_keys=False))
         return Run(root, saved)
     if resume:
         raise PonderError(f"nothing to resume: {path} not found")
@@ -277,6 +281,15 @@ class Improver:
         if self._policy_cache is None or self._policy_cache[0] != spec:
             self._policy_cache = (spec, load_policy(spec, device=self.cfg.device, seed=self.cfg.seed))
         return self._policy_cache[1]
+
+    def local_policy(self, spec: str, what: str):
+        """The policy as a local model: training needs its weights, which a server does not lend."""
+        from .models.server import is_server_spec
+
+        if is_server_spec(spec):
+            raise PonderError(f"{what} needs a local model, and {spec.split('?')[0]} is a server: a server model serves "
+                              "search and evaluation only; start from a model folder (--model DIR), or use ponder eval")
+        return self.policy(spec)
 
     def policy_path(self, i: int) -> str:
         """The policy that iteration i ended with (iteration 0: the starting model)."""
@@ -413,10 +426,10 @@ class Improver:
             say(f"iteration {i}: no verified trace and no step pair; the policy stays {start}")
             return start
         info: dict[str, Any] = {}
-        policy = self.policy(start)
+        policy = self.local_policy(start, "policy training")
         self._policy_cache = None  # the model is trained in place below
-        with lora_adapters(policy, cfg.lora_r):
-            if sft:
+        if sft:
+            with lora_adapters(policy, cfg.lora_r):
                 texts = [render_prompt(policy.tokenizer, self.task, Problem.from_dict(r["problem"])) + "".join(r["steps"]) for r in sft]
                 mix = cfg.sft_mix if self._has_bootstrap() else 0.0
 
@@ -441,7 +454,14 @@ class Improver:
                     shutil.rmtree(it / "policy-sft", ignore_errors=True)  # scratch: the policy is saved below
                 info["sft"] = {"traces": len(texts), "steps": steps, "loss_first": losses[0], "loss_last": losses[-1],
                                "seconds": round(time.time() - t0, 1)}
-            if pairs:
+        if pairs:
+            # the model DPO starts from is its reference: kept so that `ponder credit` and the implicit-reward
+            # critic can read r = beta * log(pi / pi_ref) later (the previous policy when there was no SFT)
+            info["reference"] = start
+            if sft:
+                save_checkpoint(policy.model, policy.tokenizer, it / "reference")
+                info["reference"] = str(it / "reference")
+            with lora_adapters(policy, cfg.lora_r):
                 say(f"iteration {i}: step-level DPO on {len(pairs)} sibling pairs")
                 t0 = time.time()
                 before = {k: v.detach().clone() for k, v in policy.model.state_dict().items()}
@@ -471,7 +491,8 @@ class Improver:
                 continue
             prev = self.critic_dir(i - 1, kind)
             critic = (ScalarCritic.load(prev, self.task, device=self.cfg.device) if prev is not None
-                      else ScalarCritic.from_policy(self.policy(self.policy_path(i)), self.task, kind, seed=cfg.seed))
+                      else ScalarCritic.from_policy(self.local_policy(self.policy_path(i), "critic training"), self.task, kind,
+                                                    seed=cfg.seed))
             say(f"iteration {i}: train the {kind} critic on {len(records)} paths" + (f" (from {prev})" if prev else ""))
             t0 = time.time()
             try:
@@ -611,8 +632,11 @@ class Improver:
             self.iteration(i)
 
 
-def improve(out: str | Path, cfg: ImproveConfig | None = None, resume: bool = False, progress: bool = True) -> Path:
-    """Run (or resume) the loop in ``out``; returns the report's path."""
-    run = open_run(out, cfg, resume)
+def improve(
+    out: str | Path, cfg: ImproveConfig | None = None, resume: bool = False, progress: bool = True, iterations: int | None = None
+) -> Path:
+    """Run (or resume) the loop in ``out``; returns the report's path. ``iterations`` with ``resume``
+    changes the run's number of iterations (e.g. to continue a finished run)."""
+    run = open_run(out, cfg, resume, iterations)
     Improver(run, progress).run_all()
     return run.root / "report.md"

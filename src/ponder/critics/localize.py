@@ -62,11 +62,12 @@ def value_rater(critic, how: str = "drop") -> Rater:
     return rate
 
 
-def failed_with_first_bad(task: Task, problems: Sequence[Problem], traces: Sequence[Sequence[str]]):
-    """(problem, trace, first bad step) for each failed trace whose first bad step the task can tell."""
+def failed_with_first_bad(task: Task, problems: Sequence[Problem], traces: Sequence[Sequence[str]], min_steps: int = 2):
+    """(problem, trace, first bad step) for each failed trace of at least ``min_steps`` steps whose first
+    bad step the task can tell (a one-step trace has nothing to localize: every rater hits)."""
     out = []
     for p, t in zip(problems, traces):
-        if t and task.reward(p, t) == 0:
+        if len(t) >= max(1, min_steps) and task.reward(p, t) == 0:
             bad = task.first_bad_step(p, t)
             if bad is not None and bad < len(t):
                 out.append((p, list(t), bad))
