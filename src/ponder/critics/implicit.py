@@ -91,8 +91,8 @@ class ImplicitReward:
         self.tokenizer, self.task, self.beta, self.max_batch, self.name = tokenizer, task, float(beta), max_batch, name
         if policy_model.get_output_embeddings().weight.shape[0] != reference_model.get_output_embeddings().weight.shape[0]:
             raise PonderError("implicit reward: the policy and its reference have different vocabularies")
-        limit = getattr(policy_model.config, "max_position_embeddings", None)
-        self.encode = TraceEncoder(tokenizer, task, limit)
+        self.limit = getattr(policy_model.config, "max_position_embeddings", None)
+        self.encode = TraceEncoder(tokenizer, task)  # uncut: a trace longer than the model is an error here
 
     @classmethod
     def load(cls, policy: str | Path, reference: str | Path, task: Task, beta: float = 0.1, device: str | None = None,
@@ -143,19 +143,20 @@ class ImplicitReward:
         for i in range(0, len(problems), self.max_batch):
             ps, ss = problems[i : i + self.max_batch], steps[i : i + self.max_batch]
             enc = [self.encode(p, s) for p, s in zip(ps, ss)]
+            for p, (ids, _) in zip(ps, enc):
+                if self.limit and len(ids) > self.limit:
+                    raise PonderError(f"implicit reward: the trace of {p.id} is longer than the model's {self.limit} positions")
             seqs = [ids for ids, _ in enc]
             r = self.beta * (token_logprobs(self.policy, seqs, pad) - token_logprobs(self.reference, seqs, pad))  # (B, T-1)
             r = r.cpu()
             for j, ((ids, ends), st) in enumerate(zip(enc, ss)):
-                step_ids = [self.tokenizer(s, add_special_tokens=False)["input_ids"] for s in st]
-                n = sum(len(x) for x in step_ids)
-                last = ends[-1] if st else 0
-                first = last - n + 1  # position of the first step token
-                if n and first < 1:
-                    raise PonderError(f"implicit reward: the trace of {ps[j].id} is longer than the model's "
-                                      f"{self.encode.max_len} positions")
-                # column q - 1 scores the token at position q
-                yield r[j, first - 1 : last] if n else torch.zeros(0), step_ids
+                if not st:
+                    yield torch.zeros(0), []
+                    continue
+                # step i is ids[bounds[i] + 1 : bounds[i + 1] + 1]; bounds[0] is the prompt's last position
+                bounds = [self.encode(ps[j], [])[1][0], *ends]
+                step_ids = [ids[a + 1 : b + 1] for a, b in zip(bounds, bounds[1:])]
+                yield r[j, bounds[0] : ends[-1]], step_ids  # column q - 1 scores the token at position q
 
     def credit(self, problems: Sequence[Problem], steps: Sequence[Sequence[str]]) -> list[Credit]:
         """Each trace's per-token implicit rewards, with each token's text and step."""
