@@ -42,6 +42,18 @@ def test_train_sft_lowers_the_loss_and_moves_parameters(tmp_path):
     assert saved["steps"] == 30 and saved["lr"] == 3e-3
 
 
+def test_a_bfloat16_model_trains_in_float32_master_weights(tmp_path):
+    """On a GPU models load in bfloat16; a small-lr update applied to bfloat16 weights rounds to no change."""
+    model, tok = small_tiny_model(num_layers=1)
+    model.to(torch.bfloat16)
+    before = {n: p.detach().float().clone() for n, p in model.named_parameters()}
+    cfg = SFTConfig(steps=3, batch_size=4, lr=1e-5, warmup=1, checkpoint_every=100)
+    train_sft(model, tok, texts, cfg, tmp_path / "m", progress=False)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    moved = [n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])]
+    assert len(moved) == len(before)
+
+
 def test_nan_loss_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
     from ponder.models import load_policy
 

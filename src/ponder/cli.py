@@ -94,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_task_args(t)
     t.add_argument("--out", required=True, help="model folder to write")
     t.add_argument("--init", help="start from this model folder instead of a fresh tiny model")
+    t.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     add_config_args(t, SFTConfig)
     add_config_args(t, TinyConfig)
 
@@ -169,10 +170,10 @@ def cmd_train(args) -> None:
 
         if is_server_spec(args.init):
             raise PonderError("--init needs a local model to train; a server (openai:...) serves search and evaluation only")
-        pol = load_policy(args.init)
+        pol = load_policy(args.init, device=args.device)
         model, tok = pol.model, pol.tokenizer
     else:
-        model, tok = tiny_model(config_from(TinyConfig, args), seed=cfg.seed)
+        model, tok = tiny_model(config_from(TinyConfig, args), seed=cfg.seed, device=args.device)
     print(f"training {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters on {task.name} synthetic traces, "
           f"{cfg.steps} steps x {cfg.batch_size} (torch threads: {torch.get_num_threads()})")
     losses = train_sft(model, tok, lambda n, step: task.bootstrap_texts(n, cfg.seed * 1_000_003 + step), cfg, Path(args.out))

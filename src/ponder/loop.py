@@ -334,7 +334,7 @@ class Improver:
 
                 out = run.it(0) / "policy"
                 say(f"bootstrap: the tiny model from scratch on {cfg.bootstrap.steps} x {cfg.bootstrap.batch_size} random legal traces")
-                model, tok = tiny_model(cfg.tiny, seed=cfg.seed)
+                model, tok = tiny_model(cfg.tiny, seed=cfg.seed, device=cfg.device)
                 t0 = time.time()
                 seed = cfg.bootstrap.seed
                 train_sft(model, tok, lambda n, step: self.task.bootstrap_texts(n, seed * 1_000_003 + step),

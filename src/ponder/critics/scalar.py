@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ..errors import PonderError
+from ..models.base import default_device
 from ..tasks import Problem, Task
 
 Kind = Literal["value", "prm", "orm"]
@@ -119,7 +120,7 @@ class ScalarCritic:
             kind = meta["kind"]
         except (json.JSONDecodeError, KeyError, TypeError):
             raise PonderError(f"{meta_path}: corrupt critic metadata") from None
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        device = default_device(device)
         try:
             backbone = AutoModel.from_pretrained(path).to(device)
             tok = AutoTokenizer.from_pretrained(path)

@@ -12,6 +12,15 @@ from typing import TYPE_CHECKING, Literal, Protocol, Sequence, runtime_checkable
 from ..compute import Compute
 from ..errors import PonderError
 
+
+def default_device(device: str | None = None) -> str:
+    """``device`` if given, else ``cuda`` when a GPU is visible, else ``cpu``."""
+    if device:
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
 if TYPE_CHECKING:
     import torch
 

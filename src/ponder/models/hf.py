@@ -9,7 +9,7 @@ from typing import Sequence
 import torch
 
 from ..errors import PonderError
-from .base import SamplingParams, Samples
+from .base import SamplingParams, Samples, default_device
 from .sampler import StopRule, sample_steps
 
 
@@ -143,7 +143,7 @@ def load_hf(spec: str, device: str | None = None, dtype: str = "auto", seed: int
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device(device)
     if dtype == "auto":
         torch_dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     else:

@@ -43,8 +43,8 @@ class TinyConfig:
     max_positions: int = option(256, "longest sequence (prompt + trace) in tokens")
 
 
-def tiny_model(cfg: TinyConfig | None = None, seed: int = 0):
-    """A freshly initialised ``(LlamaForCausalLM, tokenizer)`` pair."""
+def tiny_model(cfg: TinyConfig | None = None, seed: int = 0, device: str | None = None):
+    """A freshly initialised ``(LlamaForCausalLM, tokenizer)`` pair on ``device`` (default: cuda if available)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -64,4 +64,6 @@ def tiny_model(cfg: TinyConfig | None = None, seed: int = 0):
         tie_word_embeddings=True,
     )
     torch.manual_seed(seed)
-    return LlamaForCausalLM(config), tok
+    from .base import default_device
+
+    return LlamaForCausalLM(config).to(default_device(device)), tok

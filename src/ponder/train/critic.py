@@ -21,6 +21,7 @@ from ..config import check_positive, option
 from ..errors import PonderError
 from ..tasks import Problem
 from .losses import soft_bce_loss, value_loss
+from .sft import fp32_master_weights
 
 
 @dataclass
@@ -93,6 +94,7 @@ def train_critic(critic, records: Sequence[dict], cfg: CriticConfig, log: Path |
     torch.manual_seed(cfg.seed)
     for p in critic.backbone.parameters():
         p.requires_grad_(cfg.tune_backbone)
+    fp32_master_weights(critic.backbone)
     params = list(critic.head.parameters()) + (list(critic.backbone.parameters()) if cfg.tune_backbone else [])
     groups = [{"params": list(critic.head.parameters()), "lr": cfg.lr}]
     if cfg.tune_backbone:

@@ -26,6 +26,7 @@ from ..config import check_positive, option
 from ..errors import PonderError
 from ..tasks import Problem, Task
 from .losses import dpo_loss
+from .sft import fp32_master_weights
 
 
 @dataclass
@@ -84,6 +85,7 @@ def train_dpo(policy, task: Task, pairs: Sequence[dict], cfg: DPOConfig, log: Pa
     if len(pairs) > cfg.max_pairs:
         pairs = rng.sample(pairs, cfg.max_pairs)
     model = policy.model
+    fp32_master_weights(model)
     encode = TraceEncoder(policy.tokenizer, task, getattr(model.config, "max_position_embeddings", None))
     probs = [Problem.from_dict(p["problem"]) for p in pairs]
 

@@ -73,6 +73,19 @@ def lr_at(step: int, cfg: SFTConfig) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def fp32_master_weights(model) -> None:
+    """Keep every trainable weight in float32, in place.
+
+    On a GPU, models load in bfloat16 for search. An AdamW update of lr ~ 1e-5 is far below bfloat16's
+    resolution (8 mantissa bits: a weight of 0.02 moves in steps of ~1e-4), so training those weights
+    directly changes nothing at all. The forward pass still runs in bfloat16 under autocast where the
+    trainer asks for it.
+    """
+    for p in model.parameters():
+        if p.requires_grad and p.dtype in (torch.bfloat16, torch.float16):
+            p.data = p.data.float()
+
+
 def train_sft(
     model,
     tokenizer,
@@ -91,6 +104,7 @@ def train_sft(
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     device = model.device
+    fp32_master_weights(model)
     model.train()
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
