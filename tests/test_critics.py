@@ -154,3 +154,14 @@ def test_critic_saved_metadata(policy, tmp_path):
     ScalarCritic.from_policy(policy, TASK, "prm", agg="product").save(tmp_path / "prm")
     meta = json.loads((tmp_path / "prm" / "critic.json").read_text())
     assert meta == {"kind": "prm", "aggregate": "product", "hidden_size": 64}
+
+
+def test_critic_name_matches_the_loaded_critics_name_without_loading_it(tmp_path):
+    from ponder.critics import critic_name
+
+    task = get_task("game24")
+    assert critic_name("verifier", task) == get_critic("verifier", task).name == "verifier"
+    assert critic_name("value:/x@1,prm:/y@0.5", task) == "value@1+prm@0.5"
+    assert critic_name("orm:/z", task) == "orm"
+    with pytest.raises(PonderError, match="unknown critic"):
+        critic_name("nope", task)

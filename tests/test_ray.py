@@ -78,3 +78,58 @@ def test_ray_errors_are_one_line(local_ray, tmp_path, capsys):
     assert len(err) == 1 and "could not load its model" in err[0] and "model not found" in err[0], err
     assert main(["eval", "--model", "x", "--workers", "2", "--out", str(tmp_path / "y.jsonl")]) == 2
     assert "--workers needs --ray" in capsys.readouterr().err
+
+
+def test_improve_on_ray_workers_swaps_in_each_iterations_policy_and_critics(local_ray, tmp_path):
+    from test_improve import small
+
+    from ponder.evaluate import read_rows
+    from ponder.loop import improve
+
+    root = tmp_path / "run"
+    improve(root, small(iterations=2, eval_methods=["greedy", "mcts"]), progress=False, ray="auto", workers=2)
+    metrics = read_rows(root / "metrics.jsonl")
+    assert [m["iteration"] for m in metrics] == [0, 1, 2]
+    assert len(read_rows(root / "iter-2" / "search.jsonl")) == 4
+    # iteration 2 searched with iteration 1's critics, which the workers loaded from their specs
+    phases = json.loads((root / "iter-2" / "phases.json").read_text())
+    assert phases["search"]["guide"] == "value@1+prm@1" and phases["eval"]["mcts"]["critic"] == "value@1+prm@1"
+    # the workers evaluated iteration 2's policy (greedy is deterministic)
+    task = get_task("game24")
+    test = task.problems("test")[:2]
+    _, local = run_eval(task, load_policy(phases["policy"]), "greedy", get_method("greedy").config(), test, None,
+                        progress=False)
+    got = read_rows(root / "iter-2" / "eval-greedy.jsonl")
+    assert [r["steps"] for r in got] == [r["steps"] for r in local]
+    table = (root / "ray-workers.md").read_text()
+    assert table.startswith("| worker |") and len(table.strip().splitlines()) == 4  # header, rule, 2 workers
+
+
+def test_a_pool_swaps_in_another_model(local_ray, tiny_model_dir, tmp_path):
+    from conftest import small_tiny_model
+
+    from ponder.train import SFTConfig, train_sft
+
+    task = get_task("game24")
+    other = tmp_path / "other"  # a model that writes steps (the untrained one writes none)
+    model, tok = small_tiny_model()
+    train_sft(model, tok, lambda n, step: task.bootstrap_texts(n, step), SFTConfig(steps=60, batch_size=8, lr=3e-3, warmup=3),
+              other, progress=False)
+    problems, cfg = task.problems("test")[:4], get_method("greedy").config()
+    pool = RayPool(WorkerSpec("game24", None, str(tiny_model_dir)), workers=2)
+    try:
+        _, first = run_eval(task, None, "greedy", cfg, problems, None, pool=pool, progress=False)
+        pool.use(WorkerSpec("game24", None, str(other)))
+        _, second = run_eval(task, None, "greedy", cfg, problems, None, pool=pool, progress=False)
+    finally:
+        pool.close()
+    for path, got in ((tiny_model_dir, first), (other, second)):
+        _, want = run_eval(task, load_policy(str(path)), "greedy", cfg, problems, None, progress=False)
+        assert [r["steps"] for r in got] == [r["steps"] for r in want]
+    assert [r["steps"] for r in first] != [r["steps"] for r in second]
+
+
+def test_improve_workers_without_ray_is_refused(tmp_path, capsys):
+    assert main(["improve", "--out", str(tmp_path / "r"), "--workers", "2"]) == 2
+    assert "--workers needs --ray" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

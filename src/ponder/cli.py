@@ -124,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any option, nested ones too: --set search.simulations=24 --set dpo.beta=0.2")
     i.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_ray_args(i)
     from .loop import ImproveConfig
 
     add_config_args(i, ImproveConfig, skip=_nested_fields(ImproveConfig))
@@ -274,7 +275,8 @@ def cmd_improve(args) -> None:
         more = given.pop("iterations", None)
         if given or args.config or args.set or args.out:
             raise PonderError("--resume takes the run's own config; give no other options but --iterations (start a new --out instead)")
-        report = improve(args.resume, None, resume=True, progress=not args.quiet, iterations=more)
+        report = improve(args.resume, None, resume=True, progress=not args.quiet, iterations=more, ray=args.ray,
+                         workers=args.workers)
     else:
         values: dict = {}
         if args.config:
@@ -288,7 +290,7 @@ def cmd_improve(args) -> None:
         for k, v in given.items():
             values[k] = [x.strip() for x in v.split(",")] if k in ("critics", "eval_methods") else v
         cfg = build(ImproveConfig, apply_sets(values, args.set))
-        report = improve(args.out or "runs/improve", cfg, progress=not args.quiet)
+        report = improve(args.out or "runs/improve", cfg, progress=not args.quiet, ray=args.ray, workers=args.workers)
     print()
     print(report.read_text())
     print(f"report: {report}")

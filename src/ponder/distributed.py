@@ -63,23 +63,39 @@ class WorkerStats:
 
 
 class _Worker:
-    """The actor: loads the task, policy and critic once, then runs chunks of problems."""
+    """The actor: loads the task, policy and critic once, then runs chunks of problems; ``load`` swaps
+    in another policy or critic (``ponder improve`` has a new one every iteration)."""
 
     def __init__(self, spec: WorkerSpec, threads: int | None):
-        t0 = time.perf_counter()
         if threads:
             import torch
 
             torch.set_num_threads(threads)
+        self.spec: WorkerSpec | None = None
+        self.policy = self.critic = None
+        self.load_seconds = 0.0
+        self.load(spec)
+
+    def load(self, spec: WorkerSpec) -> float:
+        """Load what differs from the current spec; returns the seconds it took."""
         from .critics import get_critic
         from .models import load_policy
         from .tasks import get_task
 
+        t0 = time.perf_counter()
+        old = self.spec
+        if old is None or (old.task, old.data) != (spec.task, spec.data):
+            self.task = get_task(spec.task, spec.data)
+        new_policy = old is None or (old.model, old.device, old.dtype) != (spec.model, spec.device, spec.dtype)
+        if new_policy:
+            self.policy = self.critic = None  # free the old model first: one at a time on the device
+            self.policy = load_policy(spec.model, device=spec.device, dtype=spec.dtype, seed=spec.seed)
+        if new_policy or old.critic != spec.critic or (old.task, old.data) != (spec.task, spec.data):
+            self.critic = get_critic(spec.critic, self.task, self.policy) if spec.critic else None
         self.spec = spec
-        self.task = get_task(spec.task, spec.data)
-        self.policy = load_policy(spec.model, device=spec.device, dtype=spec.dtype, seed=spec.seed)
-        self.critic = get_critic(spec.critic, self.task, self.policy) if spec.critic else None
-        self.load_seconds = time.perf_counter() - t0
+        seconds = time.perf_counter() - t0
+        self.load_seconds += seconds
+        return seconds
 
     def info(self) -> tuple[str, float]:
         import socket
@@ -153,6 +169,20 @@ class RayPool:
             self.close()
             raise PonderError(f"a Ray worker could not load its model: {_root(e)}") from None
         self.stats = [WorkerStats(i, node, load_seconds=round(s, 1)) for i, (node, s) in enumerate(infos)]
+
+    def use(self, spec: WorkerSpec) -> None:
+        """Point every worker at another policy or critic (each loads only what changed)."""
+        import ray
+
+        if spec == self.spec:
+            return
+        try:
+            seconds = ray.get([a.load.remote(spec) for a in self.actors])
+        except Exception as e:
+            raise PonderError(f"a Ray worker could not load {spec.model}: {_root(e)}") from None
+        for st, s in zip(self.stats, seconds):
+            st.load_seconds = round(st.load_seconds + s, 1)
+        self.spec = spec
 
     def chunk_size(self, todo: int, batch: int) -> int:
         """At most ``batch`` problems a chunk, and at least two chunks a worker where there are enough."""

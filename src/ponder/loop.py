@@ -268,11 +268,13 @@ def problem_rows(path: Path) -> list[Problem]:
 class Improver:
     """Runs the phases of each iteration, skipping the ones a previous run already finished."""
 
-    def __init__(self, run: Run, progress: bool = True):
+    def __init__(self, run: Run, progress: bool = True, ray: str | None = None, workers: int | None = None):
         self.run, self.cfg, self.progress = run, run.cfg, progress
         self.task = get_task(self.cfg.task, self.cfg.data)
         self.val, self.new_problems = held_out(self.task, self.cfg)
         self._policy_cache: tuple[str, Any] | None = None
+        self.ray, self.workers = ray, workers
+        self.pool = None  # Ray actors for search and evaluation, started on first use
 
     # --- models -----------------------------------------------------------------------------------
     def policy(self, spec: str):
@@ -311,16 +313,34 @@ class Improver:
                 return d
         return None
 
-    def guide(self, i: int, policy):
-        """The critic mix that guides search with iteration i's critics, or None before any exist."""
-        from .critics import get_critic
-
+    def guide(self, i: int) -> str | None:
+        """The critic spec (a weighted mix) that guides search with iteration i's critics, or None before any exist."""
         terms = []
         for kind, weight in guide_terms(self.cfg.guide):
             d = self.critic_dir(i, kind)
             if d is not None:
                 terms.append(f"{kind}:{d}@{weight}")
-        return get_critic(",".join(terms), self.task, policy) if terms else None
+        return ",".join(terms) or None
+
+    def search(self, policy: str, critic: str | None, method: str, config, problems, out: Path | None, batch: int,
+               seed: int, settings: dict | None = None, save_trees: bool = False):
+        """``run_eval`` with the policy and critic given by spec: loaded here, or by the Ray workers with ``--ray``."""
+        from .critics import get_critic
+        from .evaluate import run_eval
+
+        if self.ray:
+            from .distributed import RayPool, WorkerSpec
+
+            spec = WorkerSpec(self.task.name, self.cfg.data, policy, self.cfg.device, "auto", critic, self.cfg.seed)
+            if self.pool is None:
+                self.pool = RayPool(spec, self.ray, self.workers)
+            self.pool.use(spec)
+            pol = crit = None
+        else:
+            pol = self.policy(policy)
+            crit = get_critic(critic, self.task, pol) if critic else None
+        return run_eval(self.task, pol, method, config, problems, out, crit, batch, seed, settings, self.progress,
+                        save_trees, self.pool)
 
     # --- iteration 0 --------------------------------------------------------------------------------
     def iteration0(self) -> None:
@@ -359,18 +379,18 @@ class Improver:
         problems = problem_rows(it / "problems.jsonl")
 
         if "search" not in run.phases(i):
-            from .evaluate import run_eval
+            from .critics import critic_name
 
-            policy = self.policy(start)
-            guide = self.guide(i - 1, policy)
+            guide = self.guide(i - 1)
+            name = critic_name(guide, self.task) if guide else None
             scfg = cfg.search if guide is not None else replace(cfg.search, value_weight=0.0)
             say(f"iteration {i}: MCTS over {len(problems)} training problems "
-                f"({'guided by ' + guide.name if guide else 'rollouts only: no critics yet'})")
+                f"({'guided by ' + name if guide else 'rollouts only: no critics yet'})")
             t0 = time.time()
-            s, _ = run_eval(self.task, policy, "mcts", scfg, problems, it / "search.jsonl", guide, cfg.search_batch,
-                            cfg.seed + i, {"phase": "search", "iteration": i, "policy": start}, self.progress, save_trees=True)
+            s, _ = self.search(start, guide, "mcts", scfg, problems, it / "search.jsonl", cfg.search_batch, cfg.seed + i,
+                               {"phase": "search", "iteration": i, "policy": start}, save_trees=True)
             run.mark(i, "search", {"solved": s.accuracy, "tokens_generated": s.tokens_generated,
-                                   "seconds": round(time.time() - t0, 1), "guide": guide.name if guide else None})
+                                   "seconds": round(time.time() - t0, 1), "guide": name})
 
         if "extract" not in run.phases(i):
             run.mark(i, "extract", self.extract(i))
@@ -510,10 +530,9 @@ class Improver:
         return type(self.task).bootstrap_texts is not Task.bootstrap_texts
 
     # --- evaluation and the collapse watch ----------------------------------------------------------
-    def eval_setup(self, method: str, i: int, policy):
-        """(config, critic) of an evaluation method at iteration i."""
+    def eval_setup(self, method: str, i: int):
+        """(config, critic spec) of an evaluation method at iteration i; (None, None) to skip it."""
         from .search import get_method
-        from .critics import Verifier, get_critic
 
         cfg = self.cfg
         if method == "greedy":
@@ -522,12 +541,12 @@ class Improver:
             return get_method("self-consistency").config(n=cfg.eval_n), None
         if method == "best-of-n":
             if self.task.checkable:
-                return get_method("best-of-n").config(n=cfg.eval_n), Verifier(self.task)
+                return get_method("best-of-n").config(n=cfg.eval_n), "verifier"
             orm = self.critic_dir(i, "orm")
             if orm is None:
                 return None, None  # nothing honest to rank by yet
-            return get_method("best-of-n").config(n=cfg.eval_n), get_critic(f"orm:{orm}", self.task, policy)
-        guide = self.guide(i, policy)
+            return get_method("best-of-n").config(n=cfg.eval_n), f"orm:{orm}"
+        guide = self.guide(i)
         mcfg = cfg.eval_mcts
         if not self.task.checkable:  # no reading the gold answer at test time: critics only
             if guide is None:
@@ -538,26 +557,25 @@ class Improver:
         return mcfg, guide
 
     def evaluate_and_watch(self, i: int) -> None:
-        from .evaluate import run_eval
+        from .critics import critic_name
 
         run, cfg = self.run, self.cfg
         it = run.it(i)
         if "eval" not in run.phases(i):
-            policy = self.policy(self.policy_path(i))
             test = self.task.problems("test")[: cfg.eval_limit]
             results = {}
             for method in cfg.eval_methods:
-                mcfg, critic = self.eval_setup(method, i, policy)
+                mcfg, critic = self.eval_setup(method, i)
                 if mcfg is None:
                     continue
                 say(f"iteration {i}: evaluate {method} on {len(test)} test problems")
-                settings = {"phase": "eval", "iteration": i, "policy": self.policy_path(i),
-                            "critic": getattr(critic, "name", None)}
-                s, _ = run_eval(self.task, policy, method, mcfg, test, it / f"eval-{method}.jsonl", critic,
-                                cfg.eval_batch, cfg.seed, settings, self.progress)
+                name = critic_name(critic, self.task) if critic else None
+                settings = {"phase": "eval", "iteration": i, "policy": self.policy_path(i), "critic": name}
+                s, _ = self.search(self.policy_path(i), critic, method, mcfg, test, it / f"eval-{method}.jsonl",
+                                   cfg.eval_batch, cfg.seed, settings)
                 results[method] = {"accuracy": s.accuracy, "tokens_generated": s.tokens_generated,
                                    "tokens_read": s.tokens_read, "seconds": round(s.seconds, 1), "problems": s.problems,
-                                   "critic": getattr(critic, "name", None)}
+                                   "critic": name}
             run.mark(i, "eval", results)
         if "watch" not in run.phases(i):
             run.mark(i, "watch", self.watch(i))
@@ -627,16 +645,28 @@ class Improver:
         write_report(self.run.root, self.run.metrics(), self.cfg)
 
     def run_all(self) -> None:
-        self.iteration0()
-        for i in range(1, self.cfg.iterations + 1):
-            self.iteration(i)
+        try:
+            self.iteration0()
+            for i in range(1, self.cfg.iterations + 1):
+                self.iteration(i)
+        finally:
+            if self.pool is not None:
+                table = self.pool.report()
+                say(f"Ray: {len(self.pool.stats)} workers over the whole run (busy seconds summed per worker)\n{table}")
+                write_text(self.run.root / "ray-workers.md", table + "\n")
+                self.pool.close()
 
 
 def improve(
-    out: str | Path, cfg: ImproveConfig | None = None, resume: bool = False, progress: bool = True, iterations: int | None = None
+    out: str | Path, cfg: ImproveConfig | None = None, resume: bool = False, progress: bool = True,
+    iterations: int | None = None, ray: str | None = None, workers: int | None = None,
 ) -> Path:
     """Run (or resume) the loop in ``out``; returns the report's path. ``iterations`` with ``resume``
-    changes the run's number of iterations (e.g. to continue a finished run)."""
+    changes the run's number of iterations (e.g. to continue a finished run). ``ray`` (``auto`` or a
+    cluster address) runs search and evaluation on ``workers`` Ray actors; training stays here. It is
+    not part of the run's config: a run may resume with or without it."""
+    if workers is not None and not ray:
+        raise PonderError("--workers needs --ray")
     run = open_run(out, cfg, resume, iterations)
-    Improver(run, progress).run_all()
+    Improver(run, progress, ray, workers).run_all()
     return run.root / "report.md"

@@ -69,6 +69,13 @@ def get_critic(spec: str, task: Task, policy: Callable[[], object] | object | No
     return Mixture(critics, [t.weight for t in terms])
 
 
+def critic_name(spec: str, task: Task) -> str:
+    """The name the critic ``spec`` names goes by (``value@1+prm@0.5`` for a mix), without loading it."""
+    terms = parse_critic(spec)
+    names = [("verifier" if task.checkable else "oracle") if t.kind == "verifier" else t.kind for t in terms]
+    return names[0] if len(terms) == 1 else "+".join(f"{n}@{t.weight:g}" for n, t in zip(names, terms))
+
+
 def load_implicit(spec: str, task: Task, policy=None):
     """The implicit-reward critic of ``ITER`` (a ponder improve iteration folder) or ``POLICY:REFERENCE``;
     ``policy``, if loaded from the same folder, is shared instead of loaded again."""
@@ -105,5 +112,5 @@ def _one(t: CriticSpec, task: Task, policy) -> Critic:
     return critic
 
 
-__all__ = ["CRITICS", "Critic", "CriticSpec", "Mixture", "Verifier", "checked_scores", "get_critic", "load_implicit",
+__all__ = ["CRITICS", "Critic", "CriticSpec", "Mixture", "Verifier", "checked_scores", "critic_name", "get_critic", "load_implicit",
            "parse_critic"]
