@@ -125,9 +125,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override any option, nested ones too: --set search.simulations=24 --set dpo.beta=0.2")
     i.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_ray_args(i)
+    i.add_argument("--train-launcher", metavar="CMD",
+                   help="train the policy in data-parallel processes: the launcher command, e.g. "
+                        "'accelerate launch --multi_gpu --num_processes 8' (run as CMD -m ponder.cli train-policy ...)")
     from .loop import ImproveConfig
 
     add_config_args(i, ImproveConfig, skip=_nested_fields(ImproveConfig))
+
+    tp = sub.add_parser("train-policy", help="one iteration's policy training of an improve run (what "
+                        "--train-launcher runs in every process: CMD -m ponder.cli train-policy RUN --iteration N)")
+    tp.add_argument("run", help="the run folder")
+    tp.add_argument("--iteration", type=_positive_int("iteration"), required=True, help="the iteration to train")
+    tp.add_argument("--quiet", action="store_true", help="no progress bars")
 
     v = sub.add_parser("view", help="write one self-contained HTML page for a saved tree or an eval run file")
     v.add_argument("file", help="a saved tree (JSON) or an eval run file (JSONL, trees from --save-trees)")
@@ -257,6 +266,12 @@ def cmd_eval(args) -> None:
     print(f"rows: {out}")
 
 
+def cmd_train_policy(args) -> None:
+    from .loop import train_policy_phase
+
+    train_policy_phase(args.run, args.iteration, progress=not args.quiet)
+
+
 def _nested_fields(cls) -> set[str]:
     """The config's option groups (fields holding another config), set through --set or YAML, not flat options."""
     import dataclasses
@@ -276,7 +291,7 @@ def cmd_improve(args) -> None:
         if given or args.config or args.set or args.out:
             raise PonderError("--resume takes the run's own config; give no other options but --iterations (start a new --out instead)")
         report = improve(args.resume, None, resume=True, progress=not args.quiet, iterations=more, ray=args.ray,
-                         workers=args.workers)
+                         workers=args.workers, launcher=args.train_launcher)
     else:
         values: dict = {}
         if args.config:
@@ -290,7 +305,8 @@ def cmd_improve(args) -> None:
         for k, v in given.items():
             values[k] = [x.strip() for x in v.split(",")] if k in ("critics", "eval_methods") else v
         cfg = build(ImproveConfig, apply_sets(values, args.set))
-        report = improve(args.out or "runs/improve", cfg, progress=not args.quiet, ray=args.ray, workers=args.workers)
+        report = improve(args.out or "runs/improve", cfg, progress=not args.quiet, ray=args.ray, workers=args.workers,
+                         launcher=args.train_launcher)
     print()
     print(report.read_text())
     print(f"report: {report}")
@@ -350,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         {"train": cmd_train, "solve": cmd_solve, "eval": cmd_eval, "improve": cmd_improve, "view": cmd_view,
-         "credit": cmd_credit}[args.command](args)
+         "credit": cmd_credit, "train-policy": cmd_train_policy}[args.command](args)
     except PonderError as e:
         print(f"ponder: error: {e}", file=sys.stderr)
         return 2

@@ -27,6 +27,7 @@ redoes only the unfinished phase and loses no finished search.
 # No ``from __future__ import annotations``: ``config.build`` resolves the nested config types.
 import json
 import math
+import os
 import random
 import shutil
 import time
@@ -43,6 +44,7 @@ from .search.mcts import MCTSConfig
 from .tasks import Problem, Task, get_task
 from .train.critic import CriticConfig
 from .train.dpo import DPOConfig
+from .train.parallel import is_main_process
 from .train.sft import SFTConfig
 
 PolicyUpdate = Literal["sft", "sft+dpo", "none"]
@@ -225,7 +227,8 @@ def open_run(root: str | Path, cfg: ImproveConfig | None, resume: bool, iteratio
 
 
 def say(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+    if is_main_process():  # under a training launcher, one voice
+        print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 def held_out(task: Task, cfg: ImproveConfig) -> tuple[list[Problem], Callable[[int, set[str]], list[Problem]]]:
@@ -268,13 +271,15 @@ def problem_rows(path: Path) -> list[Problem]:
 class Improver:
     """Runs the phases of each iteration, skipping the ones a previous run already finished."""
 
-    def __init__(self, run: Run, progress: bool = True, ray: str | None = None, workers: int | None = None):
+    def __init__(self, run: Run, progress: bool = True, ray: str | None = None, workers: int | None = None,
+                 launcher: str | None = None):
         self.run, self.cfg, self.progress = run, run.cfg, progress
         self.task = get_task(self.cfg.task, self.cfg.data)
         self.val, self.new_problems = held_out(self.task, self.cfg)
         self._policy_cache: tuple[str, Any] | None = None
         self.ray, self.workers = ray, workers
         self.pool = None  # Ray actors for search and evaluation, started on first use
+        self.launcher = launcher  # e.g. "accelerate launch --multi_gpu --num_processes 8": trains the policy
 
     # --- models -----------------------------------------------------------------------------------
     def policy(self, spec: str):
@@ -396,7 +401,10 @@ class Improver:
             run.mark(i, "extract", self.extract(i))
 
         if "policy" not in run.phases(i):
-            run.mark(i, "policy", self.train_policy(i, start))
+            if self.launcher:
+                self.launch_policy_training(i)
+            else:
+                run.mark(i, "policy", self.train_policy(i, start))
 
         if "critics" not in run.phases(i):
             run.mark(i, "critics", self.train_critics(i))
@@ -445,7 +453,7 @@ class Improver:
         if not sft and not pairs:
             say(f"iteration {i}: no verified trace and no step pair; the policy stays {start}")
             return start
-        info: dict[str, Any] = {}
+        info: dict[str, Any] = {"processes": int(os.environ.get("WORLD_SIZE", "1"))}
         policy = self.local_policy(start, "policy training")
         self._policy_cache = None  # the model is trained in place below
         if sft:
@@ -468,10 +476,12 @@ class Improver:
                     losses = train_sft(policy.model, policy.tokenizer, batch, sft_cfg, it / "policy-sft", progress=self.progress)
                 except PonderError as e:  # a NaN loss: this iteration's policy stays the one it started from
                     say(f"iteration {i}: {e}; the policy stays {start}")
-                    write_text(it / "policy-train.json", json.dumps({"sft": {"error": str(e)}}, indent=2))
+                    if is_main_process():
+                        write_text(it / "policy-train.json", json.dumps({"sft": {"error": str(e)}}, indent=2))
                     return start
                 finally:
-                    shutil.rmtree(it / "policy-sft", ignore_errors=True)  # scratch: the policy is saved below
+                    if is_main_process():
+                        shutil.rmtree(it / "policy-sft", ignore_errors=True)  # scratch: the policy is saved below
                 info["sft"] = {"traces": len(texts), "steps": steps, "loss_first": losses[0], "loss_last": losses[-1],
                                "seconds": round(time.time() - t0, 1)}
         if pairs:
@@ -479,7 +489,8 @@ class Improver:
             # critic can read r = beta * log(pi / pi_ref) later (the previous policy when there was no SFT)
             info["reference"] = start
             if sft:
-                save_checkpoint(policy.model, policy.tokenizer, it / "reference")
+                if is_main_process():
+                    save_checkpoint(policy.model, policy.tokenizer, it / "reference")
                 info["reference"] = str(it / "reference")
             with lora_adapters(policy, cfg.lora_r):
                 say(f"iteration {i}: step-level DPO on {len(pairs)} sibling pairs")
@@ -492,9 +503,32 @@ class Improver:
                     say(f"iteration {i}: {e}; the policy stays as before DPO")
                     policy.model.load_state_dict(before)
                     info["dpo"] = {"error": str(e)}
-        save_checkpoint(policy.model, policy.tokenizer, it / "policy")
-        write_text(it / "policy-train.json", json.dumps(info, indent=2))
+        if is_main_process():
+            save_checkpoint(policy.model, policy.tokenizer, it / "policy")
+            write_text(it / "policy-train.json", json.dumps(info, indent=2))
         return str(it / "policy")
+
+    def launch_policy_training(self, i: int) -> None:
+        """Run iteration i's policy training as ``LAUNCHER -m ponder.cli train-policy RUN --iteration i``
+        (data-parallel under accelerate); its rank 0 saves the policy and marks the phase done."""
+        import shlex
+        import subprocess
+        import sys
+
+        cmd = [*shlex.split(self.launcher), "-m", "ponder.cli", "train-policy", str(self.run.root), "--iteration", str(i)]
+        if not self.progress:
+            cmd.append("--quiet")
+        say(f"iteration {i}: policy training through: {' '.join(cmd)}")
+        self._policy_cache = None  # the launched processes write a new policy
+        try:
+            code = subprocess.run(cmd, stdin=subprocess.DEVNULL).returncode
+        except FileNotFoundError:
+            raise PonderError(f"--train-launcher: {cmd[0]!r} not found (e.g. 'accelerate launch --num_processes 2' "
+                              f"with accelerate installed next to {sys.executable})") from None
+        if code != 0:
+            raise PonderError(f"--train-launcher: policy training exited with code {code}: {' '.join(cmd)}")
+        if "policy" not in self.run.phases(i):
+            raise PonderError(f"--train-launcher: {' '.join(cmd)} finished without saving iteration {i}'s policy")
 
     def train_critics(self, i: int) -> dict:
         from .critics.scalar import ScalarCritic
@@ -659,14 +693,30 @@ class Improver:
 
 def improve(
     out: str | Path, cfg: ImproveConfig | None = None, resume: bool = False, progress: bool = True,
-    iterations: int | None = None, ray: str | None = None, workers: int | None = None,
+    iterations: int | None = None, ray: str | None = None, workers: int | None = None, launcher: str | None = None,
 ) -> Path:
     """Run (or resume) the loop in ``out``; returns the report's path. ``iterations`` with ``resume``
     changes the run's number of iterations (e.g. to continue a finished run). ``ray`` (``auto`` or a
     cluster address) runs search and evaluation on ``workers`` Ray actors; training stays here. It is
-    not part of the run's config: a run may resume with or without it."""
+    not part of the run's config: a run may resume with or without it. ``launcher`` (e.g. ``accelerate
+    launch --multi_gpu --num_processes 8``) trains the policy in that many data-parallel processes."""
     if workers is not None and not ray:
         raise PonderError("--workers needs --ray")
     run = open_run(out, cfg, resume, iterations)
-    Improver(run, progress, ray, workers).run_all()
+    Improver(run, progress, ray, workers, launcher).run_all()
     return run.root / "report.md"
+
+
+def train_policy_phase(root: str | Path, i: int, progress: bool = True) -> None:
+    """Iteration i's policy training alone, in every process of a launcher (``ponder train-policy``);
+    rank 0 saves the policy and marks the phase done."""
+    from .train.parallel import use_local_gpu
+
+    use_local_gpu()
+    run = open_run(root, None, resume=True)
+    if "extract" not in run.phases(i):
+        raise PonderError(f"{run.it(i)}: no extracted training data yet (phase 'extract' not done)")
+    imp = Improver(run, progress and is_main_process())
+    path = imp.train_policy(i, imp.start_policy(i))
+    if is_main_process():
+        run.mark(i, "policy", path)

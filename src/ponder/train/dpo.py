@@ -15,6 +15,7 @@ tokenization with the sampler and the critics.
 from __future__ import annotations
 
 import json
+import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from ..config import check_positive, option
 from ..errors import PonderError
 from ..tasks import Problem, Task
 from .losses import dpo_loss
+from .parallel import Parallel
 from .sft import fp32_master_weights
 
 
@@ -86,13 +88,14 @@ def train_dpo(policy, task: Task, pairs: Sequence[dict], cfg: DPOConfig, log: Pa
         pairs = rng.sample(pairs, cfg.max_pairs)
     model = policy.model
     fp32_master_weights(model)
+    par = Parallel()  # one process, or this one's share of an `accelerate launch` run
     encode = TraceEncoder(policy.tokenizer, task, getattr(model.config, "max_position_embeddings", None))
     probs = [Problem.from_dict(p["problem"]) for p in pairs]
 
-    def logps(idx: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def logps(idx: Sequence[int], net=model) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         ps, pre = [probs[i] for i in idx], [pairs[i]["prefix"] for i in idx]
-        lc, nc = step_logps(model, encode, ps, pre, [pairs[i]["chosen"] for i in idx])
-        lr_, _ = step_logps(model, encode, ps, pre, [pairs[i]["rejected"] for i in idx])
+        lc, nc = step_logps(net, encode, ps, pre, [pairs[i]["chosen"] for i in idx])
+        lr_, _ = step_logps(net, encode, ps, pre, [pairs[i]["rejected"] for i in idx])
         return lc, lr_, nc
 
     order = list(range(len(pairs)))
@@ -104,27 +107,31 @@ def train_dpo(policy, task: Task, pairs: Sequence[dict], cfg: DPOConfig, log: Pa
     ref_r = torch.cat([r[1] for r in ref])
 
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
+    net, opt = par.prepare(model, opt)
     steps = cfg.epochs * len(batches)
-    bar = tqdm(total=steps, desc="train dpo", disable=not progress, dynamic_ncols=True)
-    fh = log.open("a") if log else None
+    bar = tqdm(total=steps, desc="train dpo", disable=not progress or not par.main, dynamic_ncols=True)
+    fh = log.open("a") if log and par.main else None
     losses, accs = [], []
     try:
         model.train()
         for epoch in range(cfg.epochs):
             rng.shuffle(order)
             for i in range(0, len(order), cfg.batch_size):
-                idx = order[i : i + cfg.batch_size]
-                pc, pr, nc = logps(idx)
+                batch = order[i : i + cfg.batch_size]
+                idx = par.share(batch)  # this process's pairs of the global batch
+                pc, pr, nc = logps(idx, net)
                 loss, margin = dpo_loss(pc, pr, ref_c[idx], ref_r[idx], cfg.beta)
                 if cfg.sft_weight:
                     loss = loss + cfg.sft_weight * (-(pc / nc.clamp(min=1)).mean())
-                if not torch.isfinite(loss):
-                    raise PonderError(f"DPO stopped: loss is {loss.item()} at epoch {epoch}")
+                real = par.counts(batch)
+                value = par.mean(loss.item() if real else 0.0) * par.world / max(1, min(par.world, len(batch)))
+                if not math.isfinite(value):
+                    raise PonderError(f"DPO stopped: loss is {value} at epoch {epoch}")
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                par.backward(loss if real else 0.0 * loss)
+                torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
                 opt.step()
-                losses.append(loss.item())
+                losses.append(value)
                 accs.append((margin > 0).float().mean().item())
                 bar.update(1)
                 bar.set_postfix(loss=f"{losses[-1]:.4f}", acc=f"{accs[-1]:.2f}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from ..config import check_literals, check_positive, option
 from ..errors import PonderError
 from ..io import atomic_dir
 from .losses import lm_loss
+from .parallel import Parallel
 
 
 @dataclass
@@ -103,7 +105,7 @@ def train_sft(
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    device = model.device
+    par = Parallel()  # one process, or this one's share of an `accelerate launch` run
     fp32_master_weights(model)
     model.train()
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
@@ -112,38 +114,45 @@ def train_sft(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg.lr, betas=(0.9, 0.95),
     )
+    net, opt = par.prepare(model, opt)
+    device = net.device
     max_len = model.config.max_position_embeddings
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
     log_path = out.with_name(out.name + ".losses.jsonl")
-    log_path.write_text("")
+    if par.main:
+        log_path.write_text("")
     losses: list[float] = []
-    bar = tqdm(range(cfg.steps), desc="train", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(range(cfg.steps), desc="train", disable=not progress or not par.main, dynamic_ncols=True)
     t0 = time.time()
-    with log_path.open("a") as log:
+    with (log_path.open("a") if par.main else open(os.devnull, "w")) as log:
         for step in bar:
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, cfg)
-            inputs, targets, mask = batch_tensors(tokenizer, texts(cfg.batch_size, step), max_len, device)
+            inputs, targets, mask = batch_tensors(tokenizer, par.share(texts(cfg.batch_size, step)), max_len, device)
             with autocast:
-                logits = model(input_ids=inputs).logits  # (B, T, V)
+                logits = net(input_ids=inputs).logits  # (B, T, V)
             loss = lm_loss(logits, targets, mask)
-            if not torch.isfinite(loss):
-                raise PonderError(f"training stopped: loss is {loss.item()} at step {step}; last good checkpoint kept at {out}")
+            value = par.mean(loss.item())  # every process sees the same value, so all stop together on a NaN
+            if not math.isfinite(value):
+                raise PonderError(f"training stopped: loss is {value} at step {step}; last good checkpoint kept at {out}")
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            par.backward(loss)
+            torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
             opt.step()
-            losses.append(loss.item())
-            log.write(json.dumps({"step": step, "loss": round(losses[-1], 5), "lr": opt.param_groups[0]["lr"], "seconds": round(time.time() - t0, 2)}) + "\n")
+            losses.append(value)
+            log.write(json.dumps({"step": step, "loss": round(value, 5), "lr": opt.param_groups[0]["lr"], "seconds": round(time.time() - t0, 2)}) + "\n")
             log.flush()
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+            bar.set_postfix(loss=f"{value:.3f}")
             if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
                 model.eval()
-                save_checkpoint(model, tokenizer, out)
+                if par.main:
+                    save_checkpoint(model, tokenizer, out)
+                par.wait()
                 model.train()
     model.eval()
-    (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
-    plot_losses(losses, out / "loss.png")
+    if par.main:
+        (out / "train_config.json").write_text(json.dumps({**asdict(cfg), "processes": par.world}, indent=2))
+        plot_losses(losses, out / "loss.png")
     return losses
 
 
