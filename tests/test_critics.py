@@ -165,3 +165,37 @@ def test_critic_name_matches_the_loaded_critics_name_without_loading_it(tmp_path
     assert critic_name("orm:/z", task) == "orm"
     with pytest.raises(PonderError, match="unknown critic"):
         critic_name("nope", task)
+
+
+def test_auc_is_the_mann_whitney_probability_with_ties_as_half():
+    import itertools
+    import random
+
+    from ponder.train.critic import auc
+
+    assert auc(torch.tensor([0.1, 0.4, 0.35, 0.8]), torch.tensor([False, False, True, True])) == 0.75
+    assert auc(torch.tensor([1.0, 1.0, 1.0]), torch.tensor([False, True, True])) == 0.5
+    assert auc(torch.tensor([1.0, 2.0]), torch.tensor([True, True])) is None
+    rng = random.Random(0)
+    s = [rng.choice([0.0, 0.5, 1.0, 2.0]) for _ in range(40)]
+    y = [rng.random() < 0.3 for _ in range(40)]
+    pairs = [(a, b) for (a, ya), (b, yb) in itertools.product(zip(s, y), repeat=2) if ya and not yb]
+    brute = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in pairs) / len(pairs)
+    assert auc(torch.tensor(s), torch.tensor(y)) == pytest.approx(brute)
+
+
+def test_balance_draws_that_share_of_each_batch_from_successful_paths():
+    import random
+
+    from ponder.train.critic import draw
+
+    paths = [{"labels": [0.0], "i": i} for i in range(100)] + [{"labels": [0.0, 1.0], "i": 100}]
+    positive = [p for p in paths if max(p["labels"]) > 0.5]
+    rng = random.Random(0)
+    batch = draw(paths, positive, CriticConfig(batch_size=8, balance=0.5), rng)
+    assert len(batch) == 8 and sum(p["i"] == 100 for p in batch) >= 4
+    uniform = [draw(paths, positive, CriticConfig(batch_size=8), rng) for _ in range(20)]
+    assert all(len(b) == 8 and len({p["i"] for p in b}) == 8 for b in uniform)  # balance 0: a plain sample
+    assert draw(paths[:100], [], CriticConfig(batch_size=8, balance=0.5), rng)  # no successes: uniform
+    with pytest.raises(PonderError, match="critic.balance"):
+        CriticConfig(balance=1.0)

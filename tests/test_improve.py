@@ -36,6 +36,25 @@ class Boom(Exception):
     pass
 
 
+def feed_the_policy_phase(monkeypatch, copies: int = 1) -> None:
+    """The small model finds nothing: add a verified trace and a step pair to each iteration's data."""
+    from ponder.io import write_jsonl
+
+    real = loop.Improver.extract
+
+    def extract(self, i):
+        counts = real(self, i)
+        p = {"id": "x", "question": "4 6 8 10", "reference": None, "meta": {"numbers": [4, 6, 8, 10]}}
+        win = ["6 - 8 = -2 (left: 4 10 -2)\n", "-2 * 10 = -20 (left: 4 -20)\n", "4 - -20 = 24 (left: 24)\n"]
+        pair = {"problem": p, "prefix": [], "chosen": win[0], "rejected": "8 * 10 = 80 (left: 4 6 80)\n"}
+        d = self.run.it(i) / "data"
+        write_jsonl(d / "sft.jsonl", read_rows(d / "sft.jsonl") + [{"problem": p, "steps": win}] * copies)
+        write_jsonl(d / "pairs.jsonl", read_rows(d / "pairs.jsonl") + [pair] * copies)
+        return counts
+
+    monkeypatch.setattr(loop.Improver, "extract", extract)
+
+
 def test_loop_runs_end_to_end_and_writes_the_run_folder(tmp_path):
     report = improve(tmp_path / "run", small(), progress=False)
     root = tmp_path / "run"
@@ -241,21 +260,7 @@ def test_a_partial_group_keeps_the_loops_own_defaults():
 
 
 def test_a_run_keeps_its_dpo_reference_reads_credit_and_extends_on_resume(tmp_path, capsys, monkeypatch):
-    from ponder.io import write_jsonl
-
-    real = loop.Improver.extract
-
-    def extract(self, i):  # the small model finds nothing; give the policy phase a trace and a pair to learn from
-        counts = real(self, i)
-        p = {"id": "x", "question": "4 6 8 10", "reference": None, "meta": {"numbers": [4, 6, 8, 10]}}
-        win = ["6 - 8 = -2 (left: 4 10 -2)\n", "-2 * 10 = -20 (left: 4 -20)\n", "4 - -20 = 24 (left: 24)\n"]
-        d = self.run.it(i) / "data"
-        write_jsonl(d / "sft.jsonl", read_rows(d / "sft.jsonl") + [{"problem": p, "steps": win}])
-        write_jsonl(d / "pairs.jsonl", read_rows(d / "pairs.jsonl") + [
-            {"problem": p, "prefix": [], "chosen": win[0], "rejected": "8 * 10 = 80 (left: 4 6 80)\n"}])
-        return counts
-
-    monkeypatch.setattr(loop.Improver, "extract", extract)
+    feed_the_policy_phase(monkeypatch)
     root = tmp_path / "run"
     improve(root, small(iterations=1, policy_update="sft+dpo"), progress=False)
     info = json.loads((root / "iter-1" / "policy-train.json").read_text())

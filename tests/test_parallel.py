@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-import ponder.loop as loop
 from ponder.cli import main
 from ponder.evaluate import read_rows
 from ponder.loop import improve
@@ -52,28 +51,14 @@ def test_ponder_train_under_accelerate_launch_splits_each_batch_over_two_process
 
 
 def test_improve_trains_its_policy_through_the_launcher(tmp_path, one_thread, monkeypatch):
-    from test_improve import small
+    from test_improve import feed_the_policy_phase, small
 
-    from ponder.io import write_jsonl
-
-    real = loop.Improver.extract
-
-    def extract(self, i):  # the small model finds nothing; give the policy phase a trace and a pair to learn from
-        counts = real(self, i)
-        p = {"id": "x", "question": "4 6 8 10", "reference": None, "meta": {"numbers": [4, 6, 8, 10]}}
-        win = ["6 - 8 = -2 (left: 4 10 -2)\n", "-2 * 10 = -20 (left: 4 -20)\n", "4 - -20 = 24 (left: 24)\n"]
-        d = self.run.it(i) / "data"
-        write_jsonl(d / "sft.jsonl", read_rows(d / "sft.jsonl") + [{"problem": p, "steps": win}] * 4)
-        write_jsonl(d / "pairs.jsonl", read_rows(d / "pairs.jsonl") + [
-            {"problem": p, "prefix": [], "chosen": win[0], "rejected": "8 * 10 = 80 (left: 4 6 80)\n"}] * 3)
-        return counts
-
-    monkeypatch.setattr(loop.Improver, "extract", extract)
+    feed_the_policy_phase(monkeypatch, copies=3)
     root = tmp_path / "run"
     improve(root, small(iterations=1, policy_update="sft+dpo"), progress=False, launcher=" ".join(LAUNCH))
     info = json.loads((root / "iter-1" / "policy-train.json").read_text())
     assert info["processes"] == 2 and "error" not in info["sft"] and "error" not in info["dpo"]
-    assert info["sft"]["traces"] >= 4 and info["dpo"]["pairs"] >= 3  # 3 pairs over 2 processes: one stands in
+    assert info["sft"]["traces"] >= 3 and info["dpo"]["pairs"] >= 3  # one batch of 3 pairs: 2 on rank 0, 1 on rank 1
     phases = json.loads((root / "iter-1" / "phases.json").read_text())
     assert phases["policy"] == str(root / "iter-1" / "policy")
     assert (root / "iter-1" / "policy" / "config.json").is_file() and (root / "iter-1" / "reference").is_dir()

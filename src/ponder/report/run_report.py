@@ -87,8 +87,9 @@ def write_report(root: Path, metrics: Sequence[dict], cfg: Any) -> Path:
         for kind, c in (r.get("critics") or {}).items():
             if isinstance(c, dict) and "holdout_loss" in c:
                 acc = f", accuracy {100 * c['holdout_accuracy']:.0f}%" if "holdout_accuracy" in c else ""
+                auc = "-" if c.get("holdout_auc") is None else f"{c['holdout_auc']:.2f}"
                 critics.append(f"| {r['iteration']} | {kind} | {c['labels']} | {c['train_loss']:.4f} | "
-                               f"{c['holdout_loss']:.4f} | {c['holdout_baseline_loss']:.4f}{acc} |")
+                               f"{c['holdout_loss']:.4f} | {c['holdout_baseline_loss']:.4f}{acc} | {auc} |")
     parts = [
         f"# ponder improve: {cfg.task}, {len([m for m in metrics if m['iteration'] > 0])} of {cfg.iterations} iterations",
         "",
@@ -99,8 +100,9 @@ def write_report(root: Path, metrics: Sequence[dict], cfg: Any) -> Path:
         "",
     ]
     if critics:
-        parts += ["Critics on held-out search problems (loss vs. always predicting the training mean):", "",
-                  "| iter | critic | labels | train loss | held-out loss | baseline |", "|---|---|---|---|---|---|",
+        parts += ["Critics on held-out search problems (loss vs. always predicting the training mean; AUC: how often a",
+                  "state labelled above 0.5 scores above one labelled below, 0.5 = chance, - = one class only):", "",
+                  "| iter | critic | labels | train loss | held-out loss | baseline | AUC |", "|---|---|---|---|---|---|---|",
                   *critics, ""]
     parts += ["Collapse watch: " + ("no warnings." if not warnings else ""), *warnings, ""]
     parts += [f"![{p}]({p})" for p in pngs]

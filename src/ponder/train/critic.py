@@ -33,12 +33,18 @@ class CriticConfig:
     lr: float = option(5e-4, "learning rate (AdamW) of the head; the backbone gets lr / 5")
     tune_backbone: bool = option(True, "train the backbone copy too (False: the head alone, cheap for large models)")
     holdout: float = option(0.1, "share of problems held out to measure the critic")
+    balance: float = option(
+        0.0, "share of each batch drawn from paths with a label above 0.5 (the rare successes: 2-3% of the loop's "
+        "labels); 0 = sample paths uniformly"
+    )
     seed: int = option(0, "seed for shuffling and the holdout split")
 
     def __post_init__(self):
         check_positive(self, "steps", "batch_size", "lr")
         if not 0 <= self.holdout < 1:
             raise PonderError(f"--holdout must be in [0, 1), got {self.holdout}")
+        if not 0 <= self.balance < 1:
+            raise PonderError(f"critic.balance must be in [0, 1), got {self.balance}")
 
 
 def _flat(critic, records: Sequence[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -53,6 +59,14 @@ def _flat(critic, records: Sequence[dict]) -> tuple[torch.Tensor, torch.Tensor, 
 
 def loss_for(kind: str):
     return value_loss if kind == "value" else soft_bce_loss
+
+
+def draw(paths: Sequence[dict], positive: Sequence[dict], cfg: CriticConfig, rng: random.Random) -> list[dict]:
+    """One batch: ``balance`` of it from the paths with a positive label (with replacement: they are
+    few), the rest uniformly from all paths."""
+    k = round(cfg.batch_size * cfg.balance) if positive else 0
+    rest = rng.sample(list(paths), min(cfg.batch_size - k, len(paths)))
+    return [rng.choice(positive) for _ in range(k)] + rest
 
 
 @torch.no_grad()
@@ -70,7 +84,27 @@ def measure(critic, records: Sequence[dict], baseline: float) -> dict:
     if critic.kind != "value":
         agree = ((torch.sigmoid(logits) > 0.5) == (targets > 0.5)) & mask
         out["holdout_accuracy"] = agree.sum().item() / max(1, int(mask.sum()))
+    out["holdout_auc"] = auc(logits[mask], targets[mask] > 0.5)
     return out
+
+
+def auc(scores: torch.Tensor, positive: torch.Tensor) -> float | None:
+    """P(score of a random positive > score of a random negative), ties counting half: how well the
+    critic ranks states, which is what search uses it for (0.5 = no better than chance; None without
+    both classes). Computed from ranks (Mann-Whitney U)."""
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    s = scores.float()
+    order = torch.argsort(s)
+    ranks = torch.empty_like(s)
+    ranks[order] = torch.arange(1, len(s) + 1, dtype=s.dtype, device=s.device)
+    _, tie = torch.unique(s, return_inverse=True)  # tied scores share their mean rank
+    sums = torch.zeros(int(tie.max()) + 1, device=s.device).index_add_(0, tie, ranks)
+    counts = torch.zeros_like(sums).index_add_(0, tie, torch.ones_like(s))
+    ranks = (sums / counts)[tie]
+    u = ranks[positive].sum().item() - n_pos * (n_pos + 1) / 2
+    return u / (n_pos * n_neg)
 
 
 def train_critic(critic, records: Sequence[dict], cfg: CriticConfig, log: Path | None = None, progress: bool = True) -> dict:
@@ -101,13 +135,14 @@ def train_critic(critic, records: Sequence[dict], cfg: CriticConfig, log: Path |
         groups.append({"params": list(critic.backbone.parameters()), "lr": cfg.lr / 5})
     opt = torch.optim.AdamW(groups, weight_decay=0.01)
     loss_fn = loss_for(critic.kind)
+    positive = [r for r in train if any(y is not None and y > 0.5 for y in r["labels"])]
     losses = []
     fh = log.open("a") if log else None
     bar = tqdm(range(cfg.steps), desc=f"train {critic.kind}", disable=not progress, dynamic_ncols=True)
     try:
         for step in bar:
             critic.backbone.train(cfg.tune_backbone)
-            batch = rng.sample(train, min(cfg.batch_size, len(train)))
+            batch = draw(train, positive, cfg, rng)
             loss = loss_fn(*_flat(critic, batch))
             if not torch.isfinite(loss):
                 raise PonderError(f"{critic.kind} critic training stopped: loss is {loss.item()} at step {step}")
