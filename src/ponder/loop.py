@@ -73,8 +73,10 @@ def _eval_mcts_defaults() -> MCTSConfig:
 
 
 def _critic_defaults() -> CriticConfig:
-    """Critic training each iteration."""
-    return CriticConfig(steps=30, batch_size=16)
+    """Critic training each iteration. A quarter of each batch comes from paths that succeed: with 2-3% of
+    the labels positive, uniform batches leave the critics at the label mean (held-out AUC 0.54 for the
+    value head, 0.76 for the PRM on the demo's iteration-3 data; 0.95 and 0.98 with balance 0.25)."""
+    return CriticConfig(steps=30, batch_size=16, balance=0.25)
 
 
 @dataclass
