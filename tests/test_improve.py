@@ -287,3 +287,29 @@ def test_a_run_keeps_its_dpo_reference_reads_credit_and_extends_on_resume(tmp_pa
     assert yaml.safe_load((root / "config.yaml").read_text())["iterations"] == 2
     assert main(["improve", "--resume", str(root), "--problems", "8"]) == 2
     assert "give no other options but --iterations" in capsys.readouterr().err
+
+
+def test_once_fresh_problems_run_out_earlier_unsolved_ones_are_searched_again(tmp_path):
+    from ponder.io import write_jsonl
+
+    data = tmp_path / "mine.jsonl"
+    write_jsonl(data, [{"question": f"What is {n} + 1?", "answer": f"#### {n + 1}"} for n in range(8)])
+    cfg = small(task="gsm8k", data=str(data), problems=3, validation=2)
+    run = loop.Run(tmp_path / "run", cfg)
+    imp = loop.Improver(run, progress=False)
+    val = {p.question for p in imp.val}
+    searched: list[list[str]] = []
+    for i in (1, 2, 3):
+        problems, again = imp.imagine(i)
+        qs = [p.question for p in problems]
+        assert len(qs) == 3 == len(set(qs)) and not set(qs) & val
+        searched.append(qs)
+        run.it(i).mkdir(parents=True)
+        write_jsonl(run.it(i) / "problems.jsonl", [p.to_dict() for p in problems])
+        # the search solves the first problem of each iteration
+        write_jsonl(run.it(i) / "search.jsonl", [{"question": q, "correct": float(k == 0)} for k, q in enumerate(qs)])
+        assert again == (3 if i == 3 else 0)
+    # iterations 1 and 2 share out the six problems outside validation
+    assert len(set(searched[0]) | set(searched[1])) == 6
+    # iteration 3 has none fresh: the unsolved ones, oldest first, never one that was solved
+    assert searched[2] == [searched[0][1], searched[0][2], searched[1][1]]

@@ -237,7 +237,9 @@ def held_out(task: Task, cfg: ImproveConfig) -> tuple[list[Problem], Callable[[i
     """The validation problems and a function giving iteration i's training problems.
 
     Tasks that can imagine make new problems (never a test one); others draw from the train split.
-    Either way validation problems and earlier iterations' problems are never handed out again.
+    Either way validation problems and earlier iterations' problems are never handed out again; the
+    function returns fewer than ``cfg.problems`` once no fresh problem is left (Game of 24 with
+    numbers 1-13 has only 1,262 puzzles outside the test split), and ``Improver`` tops the rest up.
     """
     if type(task).imagine is not Task.imagine:
         val = task.imagine(cfg.validation, seed=cfg.seed * 7919 + 1) if cfg.validation else []
@@ -249,8 +251,8 @@ def held_out(task: Task, cfg: ImproveConfig) -> tuple[list[Problem], Callable[[i
                 out += [p for p in task.imagine(cfg.problems * 2, cfg.seed * 7919 + 100 + i + 1000 * attempt)
                         if p.question not in seen][: cfg.problems - len(out)]
                 if len(out) == cfg.problems:
-                    return out
-            raise PonderError(f"{task.name}: cannot imagine {cfg.problems} new problems for iteration {i} any more")
+                    break
+            return out
 
         return val, imagined
     pool = task.problems("train")
@@ -258,10 +260,7 @@ def held_out(task: Task, cfg: ImproveConfig) -> tuple[list[Problem], Callable[[i
     val = pool[: cfg.validation]
 
     def from_split(i: int, used: set[str]) -> list[Problem]:
-        rest = [p for p in pool[cfg.validation :] if p.question not in used]
-        if len(rest) < cfg.problems:
-            raise PonderError(f"{task.name}: the train split has no {cfg.problems} unused problems left for iteration {i}")
-        return rest[: cfg.problems]
+        return [p for p in pool[cfg.validation :] if p.question not in used][: cfg.problems]
 
     return val, from_split
 
@@ -377,12 +376,9 @@ class Improver:
         it.mkdir(parents=True, exist_ok=True)
         start = self.start_policy(i)
         if "imagine" not in run.phases(i):
-            used = {p.question for p in self.val}
-            for j in range(1, i):
-                used |= {p.question for p in problem_rows(run.it(j) / "problems.jsonl")}
-            problems = self.new_problems(i, used)
+            problems, again = self.imagine(i)
             write_jsonl(it / "problems.jsonl", [p.to_dict() for p in problems])
-            run.mark(i, "imagine", {"problems": len(problems)})
+            run.mark(i, "imagine", {"problems": len(problems), "searched_again": again})
         problems = problem_rows(it / "problems.jsonl")
 
         if "search" not in run.phases(i):
@@ -412,6 +408,30 @@ class Improver:
             run.mark(i, "critics", self.train_critics(i))
         self.evaluate_and_watch(i)
 
+    def imagine(self, i: int) -> tuple[list[Problem], int]:
+        """Iteration i's training problems and how many of them are earlier ones searched again.
+
+        Fresh problems while any are left; then earlier iterations' problems again, those no search has
+        solved yet first, least recently searched first: a long run goes on with what the policy still
+        gets wrong instead of stopping."""
+        used = {p.question for p in self.val}
+        last: dict[str, tuple[int, Problem]] = {}  # question -> (last iteration that searched it, problem)
+        solved: set[str] = set()
+        for j in range(1, i):
+            solved |= {r["question"] for r in read_rows(self.run.it(j) / "search.jsonl") if r.get("correct")}
+            for p in problem_rows(self.run.it(j) / "problems.jsonl"):
+                last[p.question] = (j, p)
+        problems = self.new_problems(i, used | set(last))
+        if len(problems) == self.cfg.problems:
+            return problems, 0
+        order = sorted(last, key=lambda q: (q in solved, last[q][0]))
+        again = [last[q][1] for q in order][: self.cfg.problems - len(problems)]
+        if not problems and not again:
+            raise PonderError(f"{self.task.name}: no training problem left for iteration {i}")
+        say(f"iteration {i}: {len(problems)} fresh problems left; {len(again)} earlier ones are searched again "
+            f"(unsolved first)")
+        return problems + again, len(again)
+
     def extract(self, i: int) -> dict:
         from .search.tree import Node
         from .train import data
@@ -431,6 +451,8 @@ class Improver:
                     pairs += data.step_pairs(problem, tree, self.cfg.pair_margin)
                     for k in CRITIC_KINDS:
                         crit[k] += data.critic_records(problem, tree, labels[k])
+        # a problem searched again in a later iteration may find a trace found before: keep it once
+        sft = list({(r["problem"]["question"], *r["steps"]): r for r in sft}.values())
         (it / "data").mkdir(exist_ok=True)
         write_jsonl(it / "data" / "sft.jsonl", sft)
         write_jsonl(it / "data" / "pairs.jsonl", pairs)
