@@ -11,10 +11,12 @@ read of what the policy has learned) on four disjoint groups of puzzles:
 
 Every puzzle's group is fixed by the run as a whole (all its searched iterations), so a group is the
 same set for every iteration compared. One JSON line per (iteration, group) goes to ``--out``. ``--difficulty``
-prints instead how likely a uniformly random legal trace is to solve each group of puzzles.
+prints instead how likely a uniformly random legal trace is to solve each group of puzzles; ``--sft``
+evaluates instead one SFT from iteration 0 on a data file, per share of random traces mixed in.
 
     python bench/generalization.py --run runs/demo-v3 --iterations 0,2,4,6,8 --out bench/out/generalization.jsonl
     python bench/generalization.py --run runs/demo-v3 --difficulty
+    python bench/generalization.py --run runs/demo-v3 --sft runs/demo-v3/iter-8/data/sft.jsonl --mix 0,0.25,0.5
 """
 
 from __future__ import annotations
@@ -94,26 +96,56 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="bench/out/generalization.jsonl")
     ap.add_argument("--difficulty", action="store_true", help="only print how hard each puzzle group is for a random player")
+    ap.add_argument("--sft", help="instead: SFT the iteration-0 policy once on this sft.jsonl (e.g. the last iteration's data)")
+    ap.add_argument("--mix", default="0,0.25,0.5", help="with --sft: comma-separated shares of random legal traces per batch")
+    ap.add_argument("--sft-steps", type=int, default=300)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     run, task = Path(args.run), get_task("game24")
     if args.difficulty:
         return difficulty(task)
-    iters = [int(x) for x in args.iterations.split(",")]
     sets = groups(run, task, args.limit, args.seed)
-    m = get_method("greedy")
-    for i in iters:
-        phases = json.loads((run / f"iter-{i}" / "phases.json").read_text())
-        policy = load_policy(phases.get("policy") or str(run / f"iter-{i}" / "policy"), device="cpu")
-        for g, problems in sets.items():
-            t0 = time.time()
-            s, _ = run_eval(task, policy, "greedy", m.config(), problems, None, batch=100, progress=False)
-            row = {"run": str(run), "iteration": i, "group": g, "problems": s.problems, "greedy": round(s.accuracy, 4),
-                   "seconds": round(time.time() - t0, 1)}
-            print(json.dumps(row), flush=True)
-            with open(args.out, "a") as f:
-                f.write(json.dumps(row) + "\n")
+    policy_of = lambda i: json.loads((run / f"iter-{i}" / "phases.json").read_text()).get("policy") or str(run / f"iter-{i}" / "policy")  # noqa: E731
+    if args.sft:  # one SFT from the run's iteration-0 policy on a data file, per mix
+        for mix in [float(x) for x in args.mix.split(",")]:
+            policy = load_policy(policy_of(0), device="cpu")
+            sft_once(task, policy, args.sft, mix, args.sft_steps, args.seed)
+            report(task, policy, sets, {"run": str(run), "sft": args.sft, "mix": mix, "steps": args.sft_steps}, args.out)
+        return
+    for i in [int(x) for x in args.iterations.split(",")]:
+        report(task, load_policy(policy_of(i), device="cpu"), sets, {"run": str(run), "iteration": i}, args.out)
 
+
+def sft_once(task, policy, data: str, mix: float, steps: int, seed: int) -> None:
+    """SFT in place on every verified trace of ``data`` (an iteration's data/sft.jsonl), ``mix`` of each
+    batch random legal traces, the loop's SFT settings otherwise."""
+    import tempfile
+
+    from ponder.models.hf import render_prompt
+    from ponder.tasks.base import Problem
+    from ponder.train import train_sft
+    from ponder.train.sft import SFTConfig
+
+    texts = [render_prompt(policy.tokenizer, task, Problem.from_dict(r["problem"])) + "".join(r["steps"]) for r in read_rows(data)]
+
+    def batch(n: int, step: int) -> list[str]:
+        rng = random.Random(seed * 1_000_003 + step)
+        k = round(n * mix)
+        return [rng.choice(texts) for _ in range(n - k)] + (task.bootstrap_texts(k, rng.randrange(1 << 30)) if k else [])
+
+    with tempfile.TemporaryDirectory() as tmp:
+        train_sft(policy.model, policy.tokenizer, batch, SFTConfig(steps=steps, batch_size=32, lr=5e-4, warmup=10, seed=seed),
+                  Path(tmp) / "policy", progress=False)
+
+
+def report(task, policy, sets: dict[str, list], tag: dict, out: str) -> None:
+    for g, problems in sets.items():
+        t0 = time.time()
+        s, _ = run_eval(task, policy, "greedy", get_method("greedy").config(), problems, None, batch=100, progress=False)
+        row = {**tag, "group": g, "problems": s.problems, "greedy": round(s.accuracy, 4), "seconds": round(time.time() - t0, 1)}
+        print(json.dumps(row), flush=True)
+        with open(out, "a") as f:
+            f.write(json.dumps(row) + "\n")
 
 if __name__ == "__main__":
     main()

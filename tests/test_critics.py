@@ -199,3 +199,34 @@ def test_balance_draws_that_share_of_each_batch_from_successful_paths():
     assert draw(paths[:100], [], CriticConfig(batch_size=8, balance=0.5), rng)  # no successes: uniform
     with pytest.raises(PonderError, match="critic.balance"):
         CriticConfig(balance=1.0)
+
+
+def test_balanced_training_takes_its_prior_shift_off_again():
+    from ponder.train.critic import prior_shift
+
+    paths = [{"labels": [0.0, 0.0]} for _ in range(98)] + [{"labels": [0.0, 1.0]} for _ in range(2)]
+    positive = paths[98:]
+    assert prior_shift(paths, positive, 0.0) == 0.0 and prior_shift(paths, [], 0.5) == 0.0
+    # true label mean m = 2/200 = 0.01; half of each batch from successes: m_bal = (0.5*0.5 + 0.5*0.01) / 1 = 0.255
+    m, m_bal = 0.01, 0.255
+    logit = lambda x: math.log(x / (1 - x))  # noqa: E731
+    assert prior_shift(paths, positive, 0.5) == pytest.approx(logit(m_bal) - logit(m), rel=1e-4)
+
+
+def test_a_balanced_critic_is_shifted_back_toward_the_true_label_mean(policy):
+    """Rare successes drawn into half of every batch: after training the logits are shifted down by
+    the reported prior shift, so the mean score moves from the balanced mean toward the true one."""
+    problems = TASK.imagine(40, seed=5)
+    records = [{"problem": p.to_dict(), "steps": TASK.random_trace(p.meta["numbers"], __import__("random").Random(p.id))[:1],
+                "labels": [float(k < 3)]} for k, p in enumerate(problems)]  # 3 successes in 40
+    critic = ScalarCritic.from_policy(policy, TASK, "prm")
+    metrics = train_critic(critic, records, CriticConfig(steps=30, batch_size=8, lr=3e-3, holdout=0.0, balance=0.5),
+                           progress=False)
+    shift = metrics["prior_shift"]
+    assert shift > 1.0  # the balanced label mean (~0.53) is far above the true one (0.075)
+    args = ([Problem.from_dict(r["problem"]) for r in records], [r["steps"] for r in records])
+    shifted = sum(critic.score(*args)) / len(records)
+    with torch.no_grad():
+        critic.head.net[-1].bias += shift
+    unshifted = sum(critic.score(*args)) / len(records)
+    assert abs(shifted - 0.075) < abs(unshifted - 0.075)

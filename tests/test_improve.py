@@ -313,3 +313,16 @@ def test_once_fresh_problems_run_out_earlier_unsolved_ones_are_searched_again(tm
     assert len(set(searched[0]) | set(searched[1])) == 6
     # iteration 3 has none fresh: the unsolved ones, oldest first, never one that was solved
     assert searched[2] == [searched[0][1], searched[0][2], searched[1][1]]
+
+
+def test_the_report_says_how_large_a_difference_is_noise(tmp_path):
+    from ponder.report.run_report import noise_note, write_report
+
+    metrics = [{"iteration": i, "eval": {"greedy": {"accuracy": a, "tokens_generated": 75, "problems": 100},
+                                         "mcts": {"accuracy": b, "tokens_generated": 900, "problems": 100}}}
+               for i, (a, b) in enumerate([(0.02, 0.13), (0.06, 0.07)])]
+    # the largest standard error is at 13%: sqrt(0.13 * 0.87 / 100) = 3.4 points; a difference needs ~9.5
+    note = noise_note(metrics)
+    assert "up to 3.4 points" in note and "at 13%" in note and "about 10 points" in note
+    text = write_report(tmp_path, metrics, small()).read_text()
+    assert note in text and (tmp_path / "solve_rate.png").stat().st_size > 1000

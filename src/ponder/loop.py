@@ -101,7 +101,8 @@ class ImproveConfig:
     model: str | None = option(None, "starting policy (a model folder, .gguf or smollm2); None = bootstrap the tiny model")
     iterations: int = option(3, "iterations of imagine -> search -> learn -> evaluate")
     problems: int = option(128, "new training problems searched per iteration")
-    validation: int = option(32, "held-out training-distribution problems for the collapse watch")
+    validation: int = option(100, "held-out training-distribution problems for the collapse watch (with 100, one "
+                                  "standard error of its greedy accuracy is at most 5 points)")
     search_batch: int = option(128, "problems searched together (larger batches keep the sampler busier)")
     policy_update: PolicyUpdate = option("sft+dpo", "how the policy learns: sft, sft+dpo, or none")
     lora_r: int = option(0, "train the policy through LoRA adapters of this rank (PEFT), merged after each phase; 0 = full fine-tuning")

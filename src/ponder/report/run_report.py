@@ -3,6 +3,7 @@ solve rate per iteration for each decoding method and solve rate against tokens 
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -11,6 +12,24 @@ from ..io import write_text
 
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.0f}%"
+
+
+def stderr(e: dict) -> float:
+    """Binomial standard error of an evaluation's solve rate: sqrt(p (1 - p) / n)."""
+    p, n = e["accuracy"], max(1, e.get("problems") or 1)
+    return math.sqrt(p * (1 - p) / n)
+
+
+def noise_note(metrics: Sequence[dict]) -> str:
+    """One sentence on how far apart two solve rates of the table must be to mean anything."""
+    evals = [e for row in metrics for e in row.get("eval", {}).values()]
+    if not evals:
+        return ""
+    worst = max(evals, key=stderr)
+    se = 100 * stderr(worst)
+    return (f"Noise: with {worst.get('problems')} test problems one standard error of a solve rate is up to {se:.1f} points "
+            f"here (at {_pct(worst['accuracy'])}); the difference of two rates has to exceed about {2 * math.sqrt(2) * se:.0f} "
+            "points (two standard errors of a difference) before it means more than luck.")
 
 
 def table(metrics: Sequence[dict]) -> str:
@@ -49,9 +68,9 @@ def plot(metrics: Sequence[dict], root: Path) -> list[str]:
         return []
     fig, ax = plt.subplots(figsize=(6, 4))
     for m in methods:
-        pts = [(r["iteration"], 100 * r["eval"][m]["accuracy"]) for r in metrics if m in r.get("eval", {})]
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=m)
-    ax.set_xlabel("iteration")
+        pts = [(r["iteration"], 100 * r["eval"][m]["accuracy"], 100 * stderr(r["eval"][m])) for r in metrics if m in r.get("eval", {})]
+        ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", capsize=3, label=m)
+    ax.set_xlabel("iteration (bars: one standard error)")
     ax.set_ylabel("test problems solved (%)")
     ax.set_xticks(sorted({r["iteration"] for r in metrics}))
     ax.grid(alpha=0.3)
@@ -97,6 +116,8 @@ def write_report(root: Path, metrics: Sequence[dict], cfg: Any) -> Path:
         "the iteration's imagined training problems; val = greedy on held-out validation problems (collapse watch).",
         "",
         table(metrics),
+        "",
+        noise_note(metrics),
         "",
     ]
     if critics:

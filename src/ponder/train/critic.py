@@ -107,6 +107,32 @@ def auc(scores: torch.Tensor, positive: torch.Tensor) -> float | None:
     return u / (n_pos * n_neg)
 
 
+def prior_shift(train: Sequence[dict], positive: Sequence[dict], balance: float) -> float:
+    """The logit offset that balanced batches teach a critic, to be taken off again after training.
+
+    ``draw`` shows successful paths more often than they occur, so the critic learns a label mean
+    m_bal above the true one m. Subtracting ``logit(m_bal) - logit(m)`` from every logit (a prior-shift
+    correction, as for class-rebalanced classifiers) restores m for a constant prediction and, being
+    monotone, leaves the ranking (AUC) exactly as trained:
+
+        m_bal = (b * L_pos * m_pos + (1 - b) * L * m) / (b * L_pos + (1 - b) * L)
+
+    with b = ``balance``, L / L_pos the mean number of labels per path / per successful path, m_pos the
+    successful paths' label mean.
+    """
+
+    def stats(paths: Sequence[dict]) -> tuple[float, float]:  # (labels per path, label mean)
+        ys = [y for r in paths for y in r["labels"] if y is not None]
+        return len(ys) / max(1, len(paths)), sum(ys) / max(1, len(ys))
+
+    if not balance or not positive or not train:
+        return 0.0
+    (n, m), (n_pos, m_pos) = stats(train), stats(positive)
+    m_bal = (balance * n_pos * m_pos + (1 - balance) * n * m) / max(1e-12, balance * n_pos + (1 - balance) * n)
+    logit = lambda x: float(torch.logit(torch.tensor(min(max(x, 1e-4), 1 - 1e-4))))  # noqa: E731
+    return logit(m_bal) - logit(m)
+
+
 def train_critic(critic, records: Sequence[dict], cfg: CriticConfig, log: Path | None = None, progress: bool = True) -> dict:
     """Fit ``critic`` (a ``ScalarCritic``) to ``records``; returns train and held-out metrics.
 
@@ -161,6 +187,9 @@ def train_critic(critic, records: Sequence[dict], cfg: CriticConfig, log: Path |
         for p in critic.backbone.parameters():
             p.requires_grad_(False)
         critic.backbone.eval()
+    shift = prior_shift(train, positive, cfg.balance)
+    with torch.no_grad():
+        critic.head.net[-1].bias -= shift  # the head's last bias is the logit's offset
     tail = losses[-max(1, len(losses) // 10):]
     return {"kind": critic.kind, "paths": len(train), "labels": len(labels), "label_mean": baseline,
-            "train_loss": sum(tail) / len(tail), **measure(critic, test, baseline)}
+            "train_loss": sum(tail) / len(tail), "prior_shift": round(shift, 4), **measure(critic, test, baseline)}
