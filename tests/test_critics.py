@@ -153,7 +153,7 @@ def test_judge_reads_three_words_in_one_pass(policy):
 def test_critic_saved_metadata(policy, tmp_path):
     ScalarCritic.from_policy(policy, TASK, "prm", agg="product").save(tmp_path / "prm")
     meta = json.loads((tmp_path / "prm" / "critic.json").read_text())
-    assert meta == {"kind": "prm", "aggregate": "product", "hidden_size": 64}
+    assert meta == {"kind": "prm", "aggregate": "product", "hidden_size": 64, "prior_shift": 0.0}
 
 
 def test_critic_name_matches_the_loaded_critics_name_without_loading_it(tmp_path):
@@ -213,9 +213,10 @@ def test_balanced_training_takes_its_prior_shift_off_again():
     assert prior_shift(paths, positive, 0.5) == pytest.approx(logit(m_bal) - logit(m), rel=1e-4)
 
 
-def test_a_balanced_critic_is_shifted_back_toward_the_true_label_mean(policy):
-    """Rare successes drawn into half of every batch: after training the logits are shifted down by
-    the reported prior shift, so the mean score moves from the balanced mean toward the true one."""
+def test_a_balanced_critic_is_shifted_back_toward_the_true_label_mean(policy, tmp_path):
+    """Rare successes drawn into half of every batch: after training the critic scores with its logits
+    shifted down by the reported prior shift (saved with it), so the mean score moves from the
+    balanced mean toward the true one."""
     problems = TASK.imagine(40, seed=5)
     records = [{"problem": p.to_dict(), "steps": TASK.random_trace(p.meta["numbers"], __import__("random").Random(p.id))[:1],
                 "labels": [float(k < 3)]} for k, p in enumerate(problems)]  # 3 successes in 40
@@ -226,7 +227,8 @@ def test_a_balanced_critic_is_shifted_back_toward_the_true_label_mean(policy):
     assert shift > 1.0  # the balanced label mean (~0.53) is far above the true one (0.075)
     args = ([Problem.from_dict(r["problem"]) for r in records], [r["steps"] for r in records])
     shifted = sum(critic.score(*args)) / len(records)
-    with torch.no_grad():
-        critic.head.net[-1].bias += shift
+    critic.save(tmp_path / "prm")
+    assert ScalarCritic.load(tmp_path / "prm", TASK, device="cpu").score(*args) == pytest.approx(critic.score(*args), abs=1e-5)
+    critic.shift = 0.0
     unshifted = sum(critic.score(*args)) / len(records)
     assert abs(shifted - 0.075) < abs(unshifted - 0.075)

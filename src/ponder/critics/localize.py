@@ -53,10 +53,10 @@ def value_rater(critic, how: str = "drop") -> Rater:
     @torch.no_grad()
     def rate(problems: Sequence[Problem], steps: Sequence[Sequence[str]]) -> list[list[float]]:
         critic.backbone.eval()
-        after = [torch.sigmoid(z).tolist() for z in critic.step_logits(problems, steps)]
+        after = [z.tolist() for z in critic.step_probs(problems, steps)]
         if how == "level":
             return after
-        start = [float(torch.sigmoid(z)[0]) for z in critic.step_logits(problems, [[] for _ in problems])]
+        start = [float(z[0]) for z in critic.step_probs(problems, [[] for _ in problems])]
         return [[v - u for u, v in zip([s0, *vs[:-1]], vs)] for s0, vs in zip(start, after)]
 
     return rate

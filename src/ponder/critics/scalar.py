@@ -12,7 +12,8 @@ step. They differ in what they are trained on and how a trace's per-step outputs
 - ``orm``: an outcome reward model, a classifier of whole traces (correct or not) scored after the
   last step.
 
-The head's output is a logit; scores are sigmoid(logit) in [0, 1], the range of the task's reward.
+The head's output is a logit z; scores are sigmoid(z - shift) in [0, 1], the range of the task's reward, where
+``shift`` undoes the offset that training on balanced batches teaches (see ``train.critic.prior_shift``).
 One forward pass over a trace gives the head's output after every step, so a PRM costs no more
 than a value head, and training reads each root-to-leaf path once for all its nodes.
 
@@ -62,7 +63,7 @@ class ScalarCritic:
     """A backbone + head that scores (problem, steps) states; see the module docstring."""
 
     def __init__(self, backbone, tokenizer, task: Task, kind: Kind, agg: Aggregate | None = None,
-                 head: Head | None = None, max_batch: int = 64):
+                 head: Head | None = None, max_batch: int = 64, shift: float = 0.0):
         if kind not in KINDS:
             raise PonderError(f"unknown critic kind {kind!r}; choose one of: {', '.join(KINDS)}")
         self.backbone, self.tokenizer, self.task, self.kind = backbone, tokenizer, task, kind
@@ -73,6 +74,7 @@ class ScalarCritic:
         self.head = (head or Head(hidden)).to(self.device)
         self.name = kind
         self.max_batch = max_batch
+        self.shift = shift  # taken off the head's logit when scoring (the prior shift of balanced training)
         from ..models.hf import TraceEncoder
 
         self.encode = TraceEncoder(tokenizer, task, getattr(backbone.config, "max_position_embeddings", None))
@@ -101,7 +103,8 @@ class ScalarCritic:
             self.backbone.save_pretrained(tmp)
             self.tokenizer.save_pretrained(tmp)
             save_file({k: v.contiguous() for k, v in self.head.state_dict().items()}, str(tmp / "head.safetensors"))
-            meta = {"kind": self.kind, "aggregate": self.agg, "hidden_size": self.backbone.config.hidden_size}
+            meta = {"kind": self.kind, "aggregate": self.agg, "hidden_size": self.backbone.config.hidden_size,
+                    "prior_shift": self.shift}
             (tmp / "critic.json").write_text(json.dumps(meta, indent=2))
 
     @classmethod
@@ -117,8 +120,8 @@ class ScalarCritic:
             raise PonderError(f"{path}: not a critic folder (no critic.json)")
         try:
             meta = json.loads(meta_path.read_text())
-            kind = meta["kind"]
-        except (json.JSONDecodeError, KeyError, TypeError):
+            kind, shift = meta["kind"], float(meta.get("prior_shift", 0.0))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
             raise PonderError(f"{meta_path}: corrupt critic metadata") from None
         device = default_device(device)
         try:
@@ -130,7 +133,7 @@ class ScalarCritic:
             raise PonderError(f"{path}: corrupt critic checkpoint ({str(e).splitlines()[0][:160]})") from None
         if tok.pad_token_id is None:
             tok.pad_token = tok.eos_token
-        return cls(backbone.eval(), tok, task, kind, agg or meta.get("aggregate"), head)
+        return cls(backbone.eval(), tok, task, kind, agg or meta.get("aggregate"), head, shift=shift)
 
     # --- reading states ---------------------------------------------------------------------------
     def step_logits(self, problems: Sequence[Problem], steps: Sequence[Sequence[str]]) -> list[torch.Tensor]:
@@ -147,9 +150,13 @@ class ScalarCritic:
         return out
 
     @torch.no_grad()
-    def score(self, problems: Sequence[Problem], steps: Sequence[Sequence[str]]) -> list[float]:
+    def step_probs(self, problems: Sequence[Problem], steps: Sequence[Sequence[str]]) -> list[torch.Tensor]:
+        """The critic's score after each step of each state: sigmoid(logit - shift), (S_i,) per state."""
         self.backbone.eval()
-        return [aggregate(torch.sigmoid(z), self.agg) for z in self.step_logits(problems, steps)]
+        return [torch.sigmoid(z - self.shift) for z in self.step_logits(problems, steps)]
+
+    def score(self, problems: Sequence[Problem], steps: Sequence[Sequence[str]]) -> list[float]:
+        return [aggregate(p, self.agg) for p in self.step_probs(problems, steps)]
 
 
 def _base(model):

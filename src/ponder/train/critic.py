@@ -77,6 +77,7 @@ def measure(critic, records: Sequence[dict], baseline: float) -> dict:
         return {}
     critic.backbone.eval()
     logits, targets, mask = _flat(critic, records)
+    logits = logits - critic.shift  # what the critic scores with
     loss = loss_for(critic.kind)
     const = torch.full_like(targets, float(torch.logit(torch.tensor(min(max(baseline, 1e-4), 1 - 1e-4)))))
     out = {"holdout_loss": loss(logits, targets, mask).item(), "holdout_baseline_loss": loss(const, targets, mask).item(),
@@ -187,9 +188,7 @@ def train_critic(critic, records: Sequence[dict], cfg: CriticConfig, log: Path |
         for p in critic.backbone.parameters():
             p.requires_grad_(False)
         critic.backbone.eval()
-    shift = prior_shift(train, positive, cfg.balance)
-    with torch.no_grad():
-        critic.head.net[-1].bias -= shift  # the head's last bias is the logit's offset
+    critic.shift = prior_shift(train, positive, cfg.balance)  # scores take it off; training sees raw logits
     tail = losses[-max(1, len(losses) // 10):]
     return {"kind": critic.kind, "paths": len(train), "labels": len(labels), "label_mean": baseline,
-            "train_loss": sum(tail) / len(tail), "prior_shift": round(shift, 4), **measure(critic, test, baseline)}
+            "train_loss": sum(tail) / len(tail), "prior_shift": round(critic.shift, 4), **measure(critic, test, baseline)}
