@@ -52,7 +52,6 @@ def value_rater(critic, how: str = "drop") -> Rater:
 
     @torch.no_grad()
     def rate(problems: Sequence[Problem], steps: Sequence[Sequence[str]]) -> list[list[float]]:
-        critic.backbone.eval()
         after = [z.tolist() for z in critic.step_probs(problems, steps)]
         if how == "level":
             return after

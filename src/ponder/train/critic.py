@@ -69,6 +69,11 @@ def draw(paths: Sequence[dict], positive: Sequence[dict], cfg: CriticConfig, rng
     return [rng.choice(positive) for _ in range(k)] + rest
 
 
+def _logit(x: float) -> float:
+    """log(x / (1 - x)), with x kept inside [1e-4, 1 - 1e-4]."""
+    return float(torch.logit(torch.tensor(min(max(x, 1e-4), 1 - 1e-4))))
+
+
 @torch.no_grad()
 def measure(critic, records: Sequence[dict], baseline: float) -> dict:
     """Held-out loss of the critic and of always predicting ``baseline``; accuracy at 0.5 for the
@@ -79,7 +84,7 @@ def measure(critic, records: Sequence[dict], baseline: float) -> dict:
     logits, targets, mask = _flat(critic, records)
     logits = logits - critic.shift  # what the critic scores with
     loss = loss_for(critic.kind)
-    const = torch.full_like(targets, float(torch.logit(torch.tensor(min(max(baseline, 1e-4), 1 - 1e-4)))))
+    const = torch.full_like(targets, _logit(baseline))
     out = {"holdout_loss": loss(logits, targets, mask).item(), "holdout_baseline_loss": loss(const, targets, mask).item(),
            "holdout_labels": int(mask.sum())}
     if critic.kind != "value":
@@ -130,8 +135,7 @@ def prior_shift(train: Sequence[dict], positive: Sequence[dict], balance: float)
         return 0.0
     (n, m), (n_pos, m_pos) = stats(train), stats(positive)
     m_bal = (balance * n_pos * m_pos + (1 - balance) * n * m) / max(1e-12, balance * n_pos + (1 - balance) * n)
-    logit = lambda x: float(torch.logit(torch.tensor(min(max(x, 1e-4), 1 - 1e-4))))  # noqa: E731
-    return logit(m_bal) - logit(m)
+    return _logit(m_bal) - _logit(m)
 
 
 def train_critic(critic, records: Sequence[dict], cfg: CriticConfig, log: Path | None = None, progress: bool = True) -> dict:
