@@ -85,6 +85,36 @@ def test_value_critic_fits_a_rule(policy):
     assert good > 0.8 and bad < 0.2
 
 
+def test_a_frozen_backbone_reads_each_path_once_and_trains_as_without_the_cache(policy, monkeypatch):
+    """With tune_backbone=False the head trains on cached features: the backbone sees each distinct
+    path once, and the trained critic equals one trained by running the backbone every step."""
+    import ponder.train.critic as tc
+
+    records = [{"problem": P.to_dict(), "steps": GOOD[:1], "labels": [1.0]},
+               {"problem": P.to_dict(), "steps": BAD[:1], "labels": [0.0]},
+               {"problem": P.to_dict(), "steps": GOOD, "labels": [1.0, 1.0]}]
+    cfg = CriticConfig(steps=40, batch_size=4, lr=3e-2, holdout=0.0, balance=0.25, tune_backbone=False)
+
+    def trained(cache: bool):
+        critic = ScalarCritic.from_policy(policy, TASK, "value")
+        rows = []
+        critic.backbone.register_forward_hook(lambda m, args, kw, out: rows.append(kw["input_ids"].shape[0]), with_kwargs=True)
+        if not cache:
+            monkeypatch.setattr(tc, "FrozenFeatures", lambda critic: None)
+        train_critic(critic, records, cfg, progress=False)
+        monkeypatch.undo()
+        return critic, sum(rows)
+
+    cached, rows = trained(cache=True)
+    assert rows == len(records)  # 40 steps of 4 paths, and the backbone ran over 3 paths
+    plain, plain_rows = trained(cache=False)
+    assert plain_rows == 40 * 4
+    states = [GOOD[:1], BAD[:1], GOOD]
+    assert cached.score([P] * 3, states) == pytest.approx(plain.score([P] * 3, states), abs=1e-5)
+    good, bad, _ = cached.score([P] * 3, states)
+    assert good > 0.7 and bad < 0.3
+
+
 def test_nan_critic_loss_stops(policy, monkeypatch):
     import ponder.train.critic as tc
 

@@ -136,8 +136,8 @@ class ScalarCritic:
         return cls(backbone.eval(), tok, task, kind, agg or meta.get("aggregate"), head, shift=shift)
 
     # --- reading states ---------------------------------------------------------------------------
-    def step_logits(self, problems: Sequence[Problem], steps: Sequence[Sequence[str]]) -> list[torch.Tensor]:
-        """The head's logit after each step of each state, (S_i,) per state (with gradients if enabled)."""
+    def step_features(self, problems: Sequence[Problem], steps: Sequence[Sequence[str]]) -> list[torch.Tensor]:
+        """The backbone's last hidden state after each step of each state, (S_i, H) float32 per state."""
         from ..models.hf import right_pad
 
         out: list[torch.Tensor] = []
@@ -145,9 +145,12 @@ class ScalarCritic:
             enc = [self.encode(p, s) for p, s in zip(problems[i : i + self.max_batch], steps[i : i + self.max_batch])]
             ids, mask = right_pad([x for x, _ in enc], self.tokenizer.pad_token_id)
             h = self.backbone(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).last_hidden_state  # (B, T, H)
-            for j, (_, ends) in enumerate(enc):
-                out.append(self.head(h[j, ends].float()))  # (S_j,)
+            out.extend(h[j, ends].float() for j, (_, ends) in enumerate(enc))
         return out
+
+    def step_logits(self, problems: Sequence[Problem], steps: Sequence[Sequence[str]]) -> list[torch.Tensor]:
+        """The head's logit after each step of each state, (S_i,) per state (with gradients if enabled)."""
+        return [self.head(h) for h in self.step_features(problems, steps)]
 
     @torch.no_grad()
     def step_probs(self, problems: Sequence[Problem], steps: Sequence[Sequence[str]]) -> list[torch.Tensor]:

@@ -47,10 +47,31 @@ class CriticConfig:
             raise PonderError(f"critic.balance must be in [0, 1), got {self.balance}")
 
 
-def _flat(critic, records: Sequence[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(logits, targets, mask), each (N,) over every step of every record."""
+class FrozenFeatures:
+    """The backbone's step features of each path, computed once. With a frozen backbone only the head
+    trains, so a path drawn again (balanced batches redraw the few successes every step) costs no
+    forward pass: for a large backbone this is most of a critic's training time."""
+
+    def __init__(self, critic):
+        self.critic, self.cache = critic, {}
+
+    @torch.no_grad()
+    def __call__(self, problems: Sequence[Problem], records: Sequence[dict]) -> list[torch.Tensor]:
+        new = {id(r): (p, r) for p, r in zip(problems, records) if id(r) not in self.cache}
+        if new:
+            ps, rs = zip(*new.values())
+            self.cache.update(zip(new, self.critic.step_features(list(ps), [r["steps"] for r in rs])))
+        return [self.cache[id(r)] for r in records]
+
+
+def _flat(critic, records: Sequence[dict], features: FrozenFeatures | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(logits, targets, mask), each (N,) over every step of every record; ``features`` reads cached
+    backbone features instead of running the backbone."""
     problems = [Problem.from_dict(r["problem"]) for r in records]
-    logits = torch.cat(critic.step_logits(problems, [r["steps"] for r in records]))
+    if features is None:
+        logits = torch.cat(critic.step_logits(problems, [r["steps"] for r in records]))
+    else:
+        logits = torch.cat([critic.head(h) for h in features(problems, records)])
     labels = [y for r in records for y in r["labels"]]
     targets = torch.tensor([0.0 if y is None else float(y) for y in labels], device=logits.device)
     mask = torch.tensor([y is not None for y in labels], device=logits.device)
@@ -167,6 +188,7 @@ def train_critic(critic, records: Sequence[dict], cfg: CriticConfig, log: Path |
     opt = torch.optim.AdamW(groups, weight_decay=0.01)
     loss_fn = loss_for(critic.kind)
     positive = [r for r in train if any(y is not None and y > 0.5 for y in r["labels"])]
+    features = None if cfg.tune_backbone else FrozenFeatures(critic)
     losses = []
     fh = log.open("a") if log else None
     bar = tqdm(range(cfg.steps), desc=f"train {critic.kind}", disable=not progress, dynamic_ncols=True)
@@ -174,7 +196,7 @@ def train_critic(critic, records: Sequence[dict], cfg: CriticConfig, log: Path |
         for step in bar:
             critic.backbone.train(cfg.tune_backbone)
             batch = draw(train, positive, cfg, rng)
-            loss = loss_fn(*_flat(critic, batch))
+            loss = loss_fn(*_flat(critic, batch, features))
             if not torch.isfinite(loss):
                 raise PonderError(f"{critic.kind} critic training stopped: loss is {loss.item()} at step {step}")
             opt.zero_grad(set_to_none=True)
