@@ -1,6 +1,6 @@
 """A hand-written forward pass over a loaded ``LlamaForCausalLM``, for the step sampler's decode loop.
 
-Why: with small models (the 3.4M-parameter tiny model, SmolLM2-135M) a decode step through
+Why: with small models (the tiny from-scratch model, SmolLM2-135M) a decode step through
 transformers costs more in per-call overhead (mask building, module dispatch, ``DynamicCache``
 bookkeeping) than in arithmetic. This module runs the same arithmetic as transformers' Llama, in the
 same order (RMSNorm in float32 then cast back, ``rotate_half`` RoPE, SDPA with a boolean mask), on
