@@ -64,7 +64,9 @@ class FrozenFeatures:
         return [self.cache[id(r)] for r in records]
 
 
-def _flat(critic, records: Sequence[dict], features: FrozenFeatures | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _flat(
+    critic, records: Sequence[dict], features: FrozenFeatures | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(logits, targets, mask), each (N,) over every step of every record; ``features`` reads cached
     backbone features instead of running the backbone."""
     problems = [Problem.from_dict(r["problem"]) for r in records]
