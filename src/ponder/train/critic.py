@@ -71,9 +71,10 @@ def _flat(
     backbone features instead of running the backbone."""
     problems = [Problem.from_dict(r["problem"]) for r in records]
     if features is None:
-        logits = torch.cat(critic.step_logits(problems, [r["steps"] for r in records]))
+        hidden = critic.step_features(problems, [r["steps"] for r in records])
     else:
-        logits = torch.cat([critic.head(h) for h in features(problems, records)])
+        hidden = features(problems, records)
+    logits = torch.cat([critic.head(h) for h in hidden])
     labels = [y for r in records for y in r["labels"]]
     targets = torch.tensor([0.0 if y is None else float(y) for y in labels], device=logits.device)
     mask = torch.tensor([y is not None for y in labels], device=logits.device)
