@@ -151,6 +151,31 @@ def test_cache_grows_past_its_reservation(gqa):
     assert tight.k.shape[3] > ids.shape[1] + 19
 
 
+def test_select_and_repeat_match_transformers_and_reuse_the_cache_memory(gqa):
+    """Rows repeated, reordered, duplicated and dropped keep their own cache; from the second compaction
+    on, the cache is copied into memory it held before instead of fresh pages."""
+    model, tok = gqa
+    ids, mask = left_pad(encode(tok), tok.pad_token_id)
+    fast, ref = FastLlama(model), HFDecoder(model, hidden=False)
+    pointers = []
+    with torch.inference_mode():
+        a, b = fast.prefill(ids, mask, reserve=16), ref.prefill(ids, mask, reserve=16)
+        fast.repeat(2), ref.repeat(2)
+        a, b = a.repeat_interleave(2, 0), b.repeat_interleave(2, 0)
+        for rows in ([7, 0, 3, 3, 5, 1], [5, 0, 2, 4], [3, 1, 0], [2]):
+            for _ in range(2):
+                tok_ = b.argmax(-1)
+                (a, _), (b, _) = fast.step(tok_), ref.step(tok_)
+                assert torch.allclose(a, b, atol=1e-5)
+            rows = torch.tensor(rows)
+            fast.select(rows), ref.select(rows)
+            a, b = a[rows], b[rows]
+            pointers.append(fast.k.untyped_storage().data_ptr())
+        (a, _), (b, _) = fast.step(b.argmax(-1)), ref.step(b.argmax(-1))
+        assert torch.allclose(a, b, atol=1e-5)
+    assert pointers[2] == pointers[0] and pointers[3] == pointers[1]  # two buffers, taken in turn
+
+
 def test_unsupported_models_fall_back_to_transformers():
     from transformers import LlamaConfig, LlamaForCausalLM
 

@@ -111,16 +111,21 @@ class FastLlama:
         self.k = self.v = torch.empty(0)
         self.valid = self.pos = torch.empty(0)
         self.t = 0  # cache column of the next token
+        # flat storage of the cache before the last select / repeat, reused for the next one: memory
+        # fresh from the OS costs a page fault per 4 KiB on first write, which on a CPU took longer
+        # than the copy itself (18 of 41 s of a best-of-16 run went to compacting the cache)
+        self.spare: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.flat: tuple[torch.Tensor, torch.Tensor] | None = None  # the flat storage behind k and v
 
     def prefill(self, ids: torch.Tensor, mask: torch.Tensor, reserve: int) -> torch.Tensor:
         """Read left-padded prompts ids (N, L) with mask (N, L); room is kept for ``reserve`` more
         tokens. Returns the logits (N, V) for each row's next token."""
         N, L = ids.shape
-        shape = (len(self.layers), N, self.kv_heads, L + reserve, self.head_dim)
+        shape = torch.Size((len(self.layers), N, self.kv_heads, L + reserve, self.head_dim))
         # left uninitialised (zeroing a large cache costs milliseconds): a column is always written
         # before attention reads it
-        self.k = torch.empty(shape, dtype=self.dtype, device=self.device)
-        self.v = torch.empty_like(self.k)
+        self.flat = tuple(torch.empty(shape.numel(), dtype=self.dtype, device=self.device) for _ in "kv")
+        self.k, self.v = (f.view(shape) for f in self.flat)
         self.valid = torch.zeros((N, L + reserve), dtype=torch.bool, device=self.device)
         self.valid[:, :L] = mask.bool()
         pos = (mask.long().cumsum(-1) - 1).clamp(min=0)  # (N, L)
@@ -136,16 +141,18 @@ class FastLlama:
 
     def repeat(self, k: int) -> None:
         """Each row becomes k consecutive rows (the k samples of a prefix share its prefill)."""
-        self.k, self.v = self.k.repeat_interleave(k, 1), self.v.repeat_interleave(k, 1)
-        self.valid, self.pos = self.valid.repeat_interleave(k, 0), self.pos.repeat_interleave(k, 0)
+        self.select(torch.arange(self.k.shape[1], device=self.device).repeat_interleave(k))
 
     def select(self, rows: torch.Tensor) -> None:
-        """Keep only ``rows`` (M,), in that order; finished rows cost nothing afterwards."""
-        used = slice(0, self.t)  # only the filled columns are copied
-        k = self.k.new_empty((*self.k.shape[:1], len(rows), *self.k.shape[2:]))
-        v = torch.empty_like(k)
-        k[:, :, :, used] = self.k[:, rows, :, used]
-        v[:, :, :, used] = self.v[:, rows, :, used]
+        """Keep only ``rows`` (M,), in that order (a row may repeat); finished rows cost nothing afterwards."""
+        shape = torch.Size((self.k.shape[0], len(rows), *self.k.shape[2:]))
+        if self.spare is None or self.spare[0].numel() < shape.numel():
+            self.spare = tuple(torch.empty(shape.numel(), dtype=self.dtype, device=self.device) for _ in "kv")
+        k, v = (f[: shape.numel()].view(shape) for f in self.spare)
+        # only the filled columns are copied, as whole (kv_heads, t, head_dim) blocks per row
+        torch.index_select(self.k[:, :, :, : self.t], 1, rows, out=k[:, :, :, : self.t])
+        torch.index_select(self.v[:, :, :, : self.t], 1, rows, out=v[:, :, :, : self.t])
+        self.flat, self.spare = self.spare, self.flat
         self.k, self.v, self.valid, self.pos = k, v, self.valid[rows], self.pos[rows]
 
     def step(self, tok: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -164,6 +171,7 @@ class FastLlama:
         """Double the cache's columns (the sampler reserves enough up front; this is the fallback)."""
         self.k = torch.cat([self.k, torch.empty_like(self.k)], dim=3)
         self.v = torch.cat([self.v, torch.empty_like(self.v)], dim=3)
+        self.flat, self.spare = (self.k.view(-1), self.v.view(-1)), None
         self.valid = torch.cat([self.valid, torch.zeros_like(self.valid)], dim=1)
 
     def _forward(self, ids: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
