@@ -70,8 +70,9 @@ def test_loop_runs_end_to_end_and_writes_the_run_folder(tmp_path):
         assert list(phases) == ["imagine", "search", "extract", "policy", "critics", "eval", "watch"]
         rows = read_rows(root / f"iter-{i}" / "search.jsonl")
         assert len(rows) == 4 and all("tree" in r for r in rows)
-        for kind in ("value", "prm", "orm"):
+        for kind in ("value", "prm"):
             assert (root / f"iter-{i}" / "critics" / kind / "critic.json").is_file()
+        assert not (root / f"iter-{i}" / "critics" / "orm").exists()  # game24 has a verifier: nothing reads an ORM
     # iteration 2's search is guided by iteration 1's critics; iteration 1's by rollouts alone
     assert json.loads((root / "iter-1" / "phases.json").read_text())["search"]["guide"] is None
     assert "value@1" in json.loads((root / "iter-2" / "phases.json").read_text())["search"]["guide"]
@@ -313,6 +314,18 @@ def test_once_fresh_problems_run_out_earlier_unsolved_ones_are_searched_again(tm
     assert len(set(searched[0]) | set(searched[1])) == 6
     # iteration 3 has none fresh: the unsolved ones, oldest first, never one that was solved
     assert searched[2] == [searched[0][1], searched[0][2], searched[1][1]]
+
+
+def test_the_orm_is_trained_only_where_the_task_has_no_verifier(tmp_path):
+    from ponder.io import write_jsonl
+
+    data = tmp_path / "mine.jsonl"
+    write_jsonl(data, [{"question": f"What is {n} + 1?", "answer": f"#### {n + 1}"} for n in range(8)])
+    kinds = {}
+    for name, cfg in [("game24", small()), ("gsm8k", small(task="gsm8k", data=str(data), validation=2)),
+                      ("chosen", small(critics=["orm", "value", "prm"]))]:
+        kinds[name] = loop.Improver(loop.Run(tmp_path / name, cfg), progress=False).critic_kinds()
+    assert kinds == {"game24": ("value", "prm"), "gsm8k": ("value", "prm", "orm"), "chosen": ("orm", "value", "prm")}
 
 
 def test_the_report_says_how_large_a_difference_is_noise(tmp_path):

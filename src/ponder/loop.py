@@ -113,7 +113,9 @@ class ImproveConfig:
         "so a few traces are not memorised (which sharpens the policy onto them and starves search)"
     )
     pair_margin: float = option(0.2, "least Q gap between a chosen and a rejected sibling step")
-    critics: tuple[str, ...] = option(CRITIC_KINDS, "critics to train: any of value, prm, orm")
+    critics: tuple[str, ...] | None = option(
+        None, "critics to train: any of value, prm, orm (default: value and prm, and orm where the task has no "
+        "verifier: with one, nothing reads an ORM)")
     guide: str = option("value@1,prm@1", "critics (and weights) that guide MCTS from iteration 2 on")
     prm_label: Literal["rollout", "q"] = option("rollout", "PRM step labels: rollout success share or MCTS Q")
     retrain_critics: bool = option(True, "train critics every iteration (False: only after iteration 1, as AlphaLLM)")
@@ -143,14 +145,14 @@ class ImproveConfig:
         check_positive(self, "sft_epochs")
         if not 0 <= self.sft_mix < 1:
             raise PonderError(f"--sft-mix must be in [0, 1), got {self.sft_mix}")
-        bad = [c for c in self.critics if c not in CRITIC_KINDS]
+        bad = [c for c in self.critics or () if c not in CRITIC_KINDS]
         if bad:
             raise PonderError(f"--critics: unknown {', '.join(bad)}; choose from {', '.join(CRITIC_KINDS)}")
         bad = [m for m in self.eval_methods if m not in ("greedy", "best-of-n", "mcts", "self-consistency")]
         if bad:
             raise PonderError(f"--eval-methods: unknown {', '.join(bad)}; choose from greedy, best-of-n, self-consistency, mcts")
         for kind, _ in guide_terms(self.guide):
-            if kind not in self.critics:
+            if self.critics is not None and kind not in self.critics:
                 raise PonderError(f"--guide uses the {kind} critic, which --critics does not train")
 
 
@@ -563,7 +565,7 @@ class Improver:
         if not cfg.retrain_critics and i > 1:
             return {"frozen": True}
         out: dict[str, Any] = {}
-        for kind in cfg.critics:
+        for kind in self.critic_kinds():
             records = read_rows(it / "data" / f"{kind}.jsonl")
             if not records:
                 out[kind] = {"skipped": "no labels"}
@@ -584,6 +586,13 @@ class Improver:
             critic.save(it / "critics" / kind)
             out[kind] = {**metrics, "seconds": round(time.time() - t0, 1)}
         return out
+
+    def critic_kinds(self) -> tuple[str, ...]:
+        """The critics trained each iteration: ``--critics``, else value and PRM, and the ORM where the task
+        has no verifier (with one, best-of-N ranks by the verifier and nothing reads an ORM)."""
+        if self.cfg.critics is not None:
+            return tuple(self.cfg.critics)
+        return CRITIC_KINDS if not self.task.checkable else ("value", "prm")
 
     def _has_bootstrap(self) -> bool:
         return type(self.task).bootstrap_texts is not Task.bootstrap_texts
