@@ -260,6 +260,22 @@ def test_a_partial_group_keeps_the_loops_own_defaults():
     assert cfg.search.seed == 0 and cfg.sft == default.sft
 
 
+@pytest.mark.parametrize("train_from", ["previous", "initial"])
+def test_policy_training_starts_from_the_previous_or_the_initial_policy(tmp_path, monkeypatch, train_from):
+    import torch
+    from safetensors.torch import load_file
+
+    feed_the_policy_phase(monkeypatch)
+    root = tmp_path / "run"
+    improve(root, small(policy_update="sft", train_from=train_from), progress=False)
+    info = json.loads((root / "iter-2" / "policy-train.json").read_text())
+    start = root / ("iter-1" if train_from == "previous" else "iter-0") / "policy"
+    assert info["from"] == str(start) and info["sft"]["steps"] >= 1
+    # iteration 2's SFT moved the weights away from where it started
+    before, after = (load_file(d / "model.safetensors") for d in (start, root / "iter-2" / "policy"))
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
 def test_a_run_keeps_its_dpo_reference_reads_credit_and_extends_on_resume(tmp_path, capsys, monkeypatch):
     feed_the_policy_phase(monkeypatch)
     root = tmp_path / "run"

@@ -48,6 +48,7 @@ from .train.parallel import is_main_process
 from .train.sft import SFTConfig
 
 PolicyUpdate = Literal["sft", "sft+dpo", "none"]
+TrainFrom = Literal["previous", "initial"]
 CRITIC_KINDS = ("value", "prm", "orm")
 
 
@@ -106,6 +107,9 @@ class ImproveConfig:
     search_batch: int = option(128, "problems searched together (larger batches keep the sampler busier)")
     policy_update: PolicyUpdate = option("sft+dpo", "how the policy learns: sft, sft+dpo, or none")
     lora_r: int = option(0, "train the policy through LoRA adapters of this rank (PEFT), merged after each phase; 0 = full fine-tuning")
+    train_from: TrainFrom = option(
+        "previous", "where each iteration's policy training starts: the previous policy, or the initial one "
+        "(STaR's restart: all verified traces so far, learned afresh, instead of fine-tuning on fine-tuning)")
     sft_mix: float = option(0.25, "share of each SFT batch drawn from the task's synthetic traces (keeps the basics)")
     traces_per_problem: int = option(4, "most distinct verified traces per problem for SFT")
     sft_epochs: float = option(
@@ -481,7 +485,9 @@ class Improver:
             say(f"iteration {i}: no verified trace and no step pair; the policy stays {start}")
             return start
         info: dict[str, Any] = {"processes": int(os.environ.get("WORLD_SIZE", "1"))}
-        policy = self.local_policy(start, "policy training")
+        base = start if cfg.train_from == "previous" else self.policy_path(0)
+        info["from"] = base
+        policy = self.local_policy(base, "policy training")
         self._policy_cache = None  # the model is trained in place below
         if sft:
             with lora_adapters(policy, cfg.lora_r):
@@ -513,8 +519,8 @@ class Improver:
                                "seconds": round(time.time() - t0, 1)}
         if pairs:
             # the model DPO starts from is its reference: kept so that `ponder credit` and the implicit-reward
-            # critic can read r = beta * log(pi / pi_ref) later (the previous policy when there was no SFT)
-            info["reference"] = start
+            # critic can read r = beta * log(pi / pi_ref) later (the model training started from when there was no SFT)
+            info["reference"] = base
             if sft:
                 if is_main_process():
                     save_checkpoint(policy.model, policy.tokenizer, it / "reference")
