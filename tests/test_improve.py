@@ -344,6 +344,17 @@ def test_the_orm_is_trained_only_where_the_task_has_no_verifier(tmp_path):
     assert kinds == {"game24": ("value", "prm"), "gsm8k": ("value", "prm", "orm"), "chosen": ("orm", "value", "prm")}
 
 
+def test_the_top_seed_moves_every_group_seed_and_seed_0_changes_nothing(tmp_path):
+    groups = ("bootstrap", "sft", "dpo", "critic", "search", "eval_mcts")
+    base = small()
+    assert loop.seeded(base) is base
+    cfg = small(seed=3)
+    imp = loop.Improver(loop.Run(tmp_path / "run", cfg), progress=False)
+    for name in groups:
+        assert getattr(imp.cfg, name).seed == getattr(base, name).seed + 3, name
+    assert imp.run.cfg.bootstrap.seed == base.bootstrap.seed  # what the run folder records is what was given
+
+
 def test_the_report_says_how_large_a_difference_is_noise(tmp_path):
     from ponder.report.run_report import noise_note, write_report
 

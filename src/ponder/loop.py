@@ -31,7 +31,7 @@ import os
 import random
 import shutil
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
@@ -129,7 +129,7 @@ class ImproveConfig:
     eval_methods: tuple[str, ...] = option(("greedy", "best-of-n", "mcts"), "decoding methods evaluated each iteration")
     eval_batch: int = option(100, "problems evaluated together")
     device: str | None = option(None, "torch device (default: cuda if available)")
-    seed: int = option(0, "seed of everything")
+    seed: int = option(0, "seed of everything: added to the seed of every option group (bootstrap, sft, search, ...)")
     tiny: TinyConfig = nested(TinyConfig)
     bootstrap: SFTConfig = nested(_bootstrap_defaults)
     sft: SFTConfig = nested(_sft_defaults)
@@ -158,6 +158,16 @@ class ImproveConfig:
         for kind, _ in guide_terms(self.guide):
             if self.critics is not None and kind not in self.critics:
                 raise PonderError(f"--guide uses the {kind} critic, which --critics does not train")
+
+
+def seeded(cfg: ImproveConfig) -> ImproveConfig:
+    """``cfg`` with its ``seed`` added to every option group's own seed, so that ``--seed`` varies
+    everything (data order, initialisation, sampling, critic splits); seed 0 changes nothing."""
+    if not cfg.seed:
+        return cfg
+    groups = {f.name: getattr(cfg, f.name) for f in fields(cfg)}
+    return replace(cfg, **{name: replace(g, seed=g.seed + cfg.seed) for name, g in groups.items()
+                           if is_dataclass(g) and isinstance(getattr(g, "seed", None), int)})
 
 
 def guide_terms(spec: str) -> list[tuple[str, float]]:
@@ -281,7 +291,7 @@ class Improver:
 
     def __init__(self, run: Run, progress: bool = True, ray: str | None = None, workers: int | None = None,
                  launcher: str | None = None):
-        self.run, self.cfg, self.progress = run, run.cfg, progress
+        self.run, self.cfg, self.progress = run, seeded(run.cfg), progress  # the folder keeps the config as given
         self.task = get_task(self.cfg.task, self.cfg.data)
         self.val, self.new_problems = held_out(self.task, self.cfg)
         self._policy_cache: tuple[str, Any] | None = None
