@@ -124,7 +124,7 @@ class FastLlama:
         shape = torch.Size((len(self.layers), N, self.kv_heads, L + reserve, self.head_dim))
         # left uninitialised (zeroing a large cache costs milliseconds): a column is always written
         # before attention reads it
-        self.flat = tuple(torch.empty(shape.numel(), dtype=self.dtype, device=self.device) for _ in "kv")
+        self.flat = self._buffers(shape.numel())
         self.k, self.v = (f.view(shape) for f in self.flat)
         self.valid = torch.zeros((N, L + reserve), dtype=torch.bool, device=self.device)
         self.valid[:, :L] = mask.bool()
@@ -147,7 +147,7 @@ class FastLlama:
         """Keep only ``rows`` (M,), in that order (a row may repeat); finished rows cost nothing afterwards."""
         shape = torch.Size((self.k.shape[0], len(rows), *self.k.shape[2:]))
         if self.spare is None or self.spare[0].numel() < shape.numel():
-            self.spare = tuple(torch.empty(shape.numel(), dtype=self.dtype, device=self.device) for _ in "kv")
+            self.spare = self._buffers(shape.numel())
         k, v = (f[: shape.numel()].view(shape) for f in self.spare)
         # only the filled columns are copied, as whole (kv_heads, t, head_dim) blocks per row
         torch.index_select(self.k[:, :, :, : self.t], 1, rows, out=k[:, :, :, : self.t])
@@ -166,6 +166,11 @@ class FastLlama:
         self.t += 1
         self.pos = self.pos + 1
         return F.linear(h, self.lm_head), h
+
+    def _buffers(self, numel: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Flat, uninitialised storage for keys and values."""
+        return (torch.empty(numel, dtype=self.dtype, device=self.device),
+                torch.empty(numel, dtype=self.dtype, device=self.device))
 
     def _grow(self) -> None:
         """Double the cache's columns (the sampler reserves enough up front; this is the fallback)."""
