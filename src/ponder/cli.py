@@ -172,8 +172,11 @@ def cmd_train(args) -> None:
     from .tasks import get_task
     from .train import SFTConfig, train_sft
 
+    from .io import check_out_dir
+
     task = get_task(args.task, args.data)
     cfg = config_from(SFTConfig, args)
+    check_out_dir(Path(args.out).parent, f"--out {args.out}")
     if args.init:
         from .models import load_policy
         from .models.server import is_server_spec
@@ -186,7 +189,7 @@ def cmd_train(args) -> None:
         model, tok = tiny_model(config_from(TinyConfig, args), seed=cfg.seed, device=args.device)
     print(f"training {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters on {task.name} synthetic traces, "
           f"{cfg.steps} steps x {cfg.batch_size} (torch threads: {torch.get_num_threads()})")
-    losses = train_sft(model, tok, lambda n, step: task.bootstrap_texts(n, cfg.seed * 1_000_003 + step), cfg, Path(args.out))
+    losses = train_sft(model, tok, lambda n, step: task.bootstrap_segments(n, cfg.seed * 1_000_003 + step), cfg, Path(args.out))
     print(f"final loss {losses[-1]:.4f}; model written to {args.out} (loss curve: {args.out}/loss.png)")
 
 
@@ -233,10 +236,19 @@ def cmd_solve(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from .evaluate import Summary, run_eval
+    from .io import check_out_file
+    from .lock import hold
 
     task, method, cfg = _setup(args)
     problems = task.problems(args.split)[: args.limit]
+    out = check_out_file(args.out or f"runs/eval/{task.name}-{args.split}-{args.method}.jsonl")
+    with hold(out.with_name(out.name + ".lock"), str(out)):  # one process per run file, taken before the model load
+        _eval(args, task, method, cfg, problems, out)
+
+
+def _eval(args, task, method, cfg, problems, out: Path) -> None:
+    from .evaluate import Summary, run_eval
+
     pool = None
     if args.ray:
         from .distributed import RayPool, WorkerSpec
@@ -248,7 +260,6 @@ def cmd_eval(args) -> None:
         raise PonderError("--workers needs --ray")
     else:
         policy, critic = _policy_and_critic(args, task)
-    out = Path(args.out or f"runs/eval/{task.name}-{args.split}-{args.method}.jsonl")
     settings = {"task": task.name, "data": args.data, "split": args.split, "model": args.model, "seed": args.seed,
                 "critic": args.critic}
     t0 = time.time()
@@ -313,17 +324,23 @@ def cmd_improve(args) -> None:
 
 
 def cmd_view(args) -> None:
+    from .io import check_out_file
     from .report.viewer import view
 
+    if args.out:
+        check_out_file(args.out)
     print(f"wrote {view(args.file, args.out, credit=args.credit, task=args.task)}")
 
 
 def cmd_credit(args) -> None:
     from .critics.implicit import ImplicitReward
+    from .io import check_out_file
     from .report.credit import credit_report
     from .tasks import get_task
 
     task = get_task(args.task, args.data)
+    if args.out:
+        check_out_file(args.out)
     if args.iteration and (args.model or args.reference):
         raise PonderError("give either --iteration or --model with --reference, not both")
     if args.iteration:
@@ -360,6 +377,40 @@ def cmd_credit(args) -> None:
     print(f"wrote {html_path} and {png_path}")
 
 
+def _file_in(tb) -> str | None:
+    """The file a failed write was writing, for an ``OSError`` that names none (``write()`` and ``close()``
+    do not): the innermost open file object or path variable in the traceback's frames."""
+    import io
+    import traceback
+
+    for frame, _ in reversed(list(traceback.walk_tb(tb))):
+        for v in frame.f_locals.values():
+            if isinstance(v, io.IOBase) and isinstance(getattr(v, "name", None), str):
+                return v.name
+        for name in ("path", "filename", "file", "out", "save_directory"):
+            v = frame.f_locals.get(name)
+            if isinstance(v, (str, Path)):
+                return str(v)
+    return None
+
+
+def _write_error(e: Exception) -> str | None:
+    """One line for a full disk (any error that says so) or a refused write (read-only, no permission);
+    None for any other error, which is a bug and keeps its traceback."""
+    import errno
+
+    from .io import is_disk_full
+
+    refused = isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
+    if not (refused or is_disk_full(e)):
+        return None
+    name = (e.filename if isinstance(e, OSError) else None) or _file_in(e.__traceback__) or "a file"
+    if refused:
+        return f"cannot write {name}: {e.strerror}"
+    return (f"disk full writing {name}; the files written before it are intact: free some space, then run the same "
+            "command again (ponder improve --resume DIR) to continue")
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # our own bars are enough; transformers' loading bars are noise
@@ -369,6 +420,12 @@ def main(argv: list[str] | None = None) -> int:
          "credit": cmd_credit, "train-policy": cmd_train_policy}[args.command](args)
     except PonderError as e:
         print(f"ponder: error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        line = _write_error(e)
+        if line is None:
+            raise
+        print(f"ponder: error: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("ponder: interrupted; finished rows are kept and a rerun resumes", file=sys.stderr)

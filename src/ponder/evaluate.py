@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 from .compute import Compute
 from .errors import PonderError
-from .io import read_rows  # noqa: F401  (run files are read here and by the loop)
+from .io import append_lines, check_out_file, named, read_rows, write_text
 from .models import Policy
 from .search import SearchEnv, SearchResult, get_method
 from .tasks import Problem, Task
@@ -102,8 +102,7 @@ def run_eval(
     env = SearchEnv(policy, task, critic)
     rows: list[dict] = []
     if out is not None:
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
+        out = check_out_file(out)
         meta = {"method": method, "config": asdict(config), **(settings or {})}
         meta_path = out.with_name(out.name + ".meta.json")
         if meta_path.exists() and out.exists():
@@ -114,7 +113,7 @@ def run_eval(
         else:
             meta["started"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
             meta["machine"] = f"{platform.machine()} {platform.processor() or ''} {platform.system()}".strip()
-            meta_path.write_text(json.dumps(meta, indent=2))
+            write_text(meta_path, json.dumps(meta, indent=2))
         rows = read_rows(out)
     done = {r["problem_id"] for r in rows}
     todo = [p for p in problems if p.id not in done]
@@ -132,18 +131,18 @@ def run_eval(
         batches = (new for _, new in pool.map(method, config, chunks, seeds, save_trees))
     try:
         for new in batches:
-            for row in new:
-                rows.append(row)
-                if fh:
-                    fh.write(json.dumps(row) + "\n")
+            rows.extend(new)
             if fh:
-                fh.flush()
+                append_lines(fh, [json.dumps(row) + "\n" for row in new])
             bar.update(len(new))
             bar.set_postfix(acc=f"{sum(r['correct'] for r in rows) / len(rows):.2f}")
     finally:
         bar.close()
         if fh:
-            fh.close()
+            try:
+                fh.close()
+            except OSError as e:  # the buffer could not be written either; rows up to the last flush are kept
+                raise named(e, out) from None
     order = {p.id: i for i, p in enumerate(problems)}
     rows = sorted((r for r in rows if r["problem_id"] in order), key=lambda r: order[r["problem_id"]])
     return summarize(method, rows), rows

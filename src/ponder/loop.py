@@ -752,9 +752,20 @@ def improve(
     launch --multi_gpu --num_processes 8``) trains the policy in that many data-parallel processes."""
     if workers is not None and not ray:
         raise PonderError("--workers needs --ray")
-    run = open_run(out, cfg, resume, iterations)
-    Improver(run, progress, ray, workers, launcher).run_all()
+    from .io import check_out_dir
+    from .lock import hold
+
+    root = Path(out)
+    if resume and not (root / "config.yaml").exists():
+        raise PonderError(f"nothing to resume: {root / 'config.yaml'} not found")
+    check_out_dir(root, "the run folder")  # created (new run) and writable, before any model is loaded
+    with hold(root / LOCK, f"the run folder {root}"):  # one process per run folder (its launched trainers excepted)
+        run = open_run(root, cfg, resume, iterations)
+        Improver(run, progress, ray, workers, launcher).run_all()
     return run.root / "report.md"
+
+
+LOCK = "ponder.lock"  # the lock file inside a run folder, held by the process running it
 
 
 def train_policy_phase(root: str | Path, i: int, progress: bool = True) -> None:
