@@ -12,7 +12,7 @@ import ponder.loop as loop
 from ponder.cli import main
 from ponder.config import apply_sets, build
 from ponder.errors import PonderError
-from ponder.evaluate import read_rows
+from ponder.io import read_rows
 from ponder.loop import ImproveConfig, improve
 
 SMALL = {

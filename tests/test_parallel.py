@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from ponder.cli import main
-from ponder.evaluate import read_rows
+from ponder.io import read_rows
 from ponder.loop import improve
 
 ACCELERATE = Path(sys.executable).with_name("accelerate")

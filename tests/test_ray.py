@@ -83,7 +83,7 @@ def test_ray_errors_are_one_line(local_ray, tmp_path, capsys):
 def test_improve_on_ray_workers_swaps_in_each_iterations_policy_and_critics(local_ray, tmp_path):
     from test_improve import small
 
-    from ponder.evaluate import read_rows
+    from ponder.io import read_rows
     from ponder.loop import improve
 
     root = tmp_path / "run"

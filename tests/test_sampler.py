@@ -57,8 +57,8 @@ def rule_for(model, tok, stops=(), eos=True) -> StopRule:
     return StopRule.build(tok, stops, vocab, [tok.eos_token_id] if eos else [])
 
 
-def greedy(max_tokens: int, stop=(), hidden=False) -> SamplingParams:
-    return SamplingParams(temperature=0, max_tokens=max_tokens, stop=stop, hidden=hidden)
+def greedy(max_tokens: int, stop=()) -> SamplingParams:
+    return SamplingParams(temperature=0, max_tokens=max_tokens, stop=stop)
 
 
 def generate(model, tok, prompts, n: int) -> list[list[int]]:
@@ -81,7 +81,7 @@ def tokens(samples) -> list[tuple[int, ...]]:
 def test_greedy_tokens_equal_generate(request, model_name, fast):
     model, tok = request.getfixturevalue(model_name)
     assert supports(model)
-    assert isinstance(decoder_for(model, hidden=False, fast=fast), FastLlama if fast else HFDecoder)
+    assert isinstance(decoder_for(model, fast=fast), FastLlama if fast else HFDecoder)
     prompts = encode(tok)
     out = sample_steps(model, tok, prompts, 1, greedy(24), rule_for(model, tok, eos=False), fast=fast)
     ours = tokens(out)
@@ -94,25 +94,13 @@ def test_fast_path_equals_transformers_path(request, model_name):
     model, tok = request.getfixturevalue(model_name)
     rule = rule_for(model, tok, ("\n",))
     a, b = (
-        sample_steps(model, tok, encode(tok), 2, greedy(16, ("\n",), hidden=True), rule, fast=fast)
+        sample_steps(model, tok, encode(tok), 2, greedy(16, ("\n",)), rule, fast=fast)
         for fast in (True, False)
     )
     assert tokens(a) == tokens(b)
     for sa, sb in zip((s for g in a.steps for s in g), (s for g in b.steps for s in g)):
         assert sa.finish == sb.finish
         assert torch.allclose(torch.tensor(sa.logprobs), torch.tensor(sb.logprobs), atol=1e-5)
-        assert torch.allclose(sa.hidden, sb.hidden, atol=1e-5)
-
-
-def test_hidden_state_is_transformers_last_hidden_state(tiny):
-    model, tok = tiny
-    prompts = encode(tok)
-    out = sample_steps(model, tok, prompts, 1, greedy(6, hidden=True), rule_for(model, tok, eos=False))
-    for p, (step,) in zip(prompts, out.steps):
-        assert step.hidden.shape == (model.config.hidden_size,)
-        with torch.inference_mode():
-            ref = model(torch.tensor([p + list(step.token_ids)]), output_hidden_states=True).hidden_states[-1][0, -1]
-        assert torch.allclose(step.hidden, ref, atol=1e-5)
 
 
 def test_k_samples_share_the_prefix(tiny):
@@ -146,7 +134,7 @@ def test_cache_grows_past_its_reservation(gqa):
         a, b = roomy.prefill(ids, mask, reserve=32), tight.prefill(ids, mask, reserve=0)
         for _ in range(20):
             tok_ = a.argmax(-1)
-            (a, _), (b, _) = roomy.step(tok_), tight.step(tok_)
+            a, b = roomy.step(tok_), tight.step(tok_)
             assert torch.equal(a, b)
     assert tight.k.shape[3] > ids.shape[1] + 19
 
@@ -156,7 +144,7 @@ def test_select_and_repeat_match_transformers_and_reuse_the_cache_memory(gqa):
     on, the cache is copied into memory it held before instead of fresh pages."""
     model, tok = gqa
     ids, mask = left_pad(encode(tok), tok.pad_token_id)
-    fast, ref = FastLlama(model), HFDecoder(model, hidden=False)
+    fast, ref = FastLlama(model), HFDecoder(model)
     pointers = []
     with torch.inference_mode():
         a, b = fast.prefill(ids, mask, reserve=16), ref.prefill(ids, mask, reserve=16)
@@ -165,13 +153,13 @@ def test_select_and_repeat_match_transformers_and_reuse_the_cache_memory(gqa):
         for rows in ([7, 0, 3, 3, 5, 1], [5, 0, 2, 4], [3, 1, 0], [2]):
             for _ in range(2):
                 tok_ = b.argmax(-1)
-                (a, _), (b, _) = fast.step(tok_), ref.step(tok_)
+                a, b = fast.step(tok_), ref.step(tok_)
                 assert torch.allclose(a, b, atol=1e-5)
             rows = torch.tensor(rows)
             fast.select(rows), ref.select(rows)
             a, b = a[rows], b[rows]
             pointers.append(fast.k.untyped_storage().data_ptr())
-        (a, _), (b, _) = fast.step(b.argmax(-1)), ref.step(b.argmax(-1))
+        a, b = fast.step(b.argmax(-1)), ref.step(b.argmax(-1))
         assert torch.allclose(a, b, atol=1e-5)
     assert pointers[2] == pointers[0] and pointers[3] == pointers[1]  # two buffers, taken in turn
 
@@ -195,7 +183,7 @@ def test_unsupported_models_fall_back_to_transformers():
     }
     for reason, model in cases.items():
         assert reason in unsupported_reason(model)
-        assert isinstance(decoder_for(model, hidden=False), HFDecoder)
+        assert isinstance(decoder_for(model), HFDecoder)
         with pytest.raises(PonderError, match=reason):
             FastLlama(model)
 
@@ -245,7 +233,7 @@ class ScriptedDecoder:
 
     def step(self, tok):
         self.t += 1
-        return self._logits(), None
+        return self._logits()
 
 
 def test_steps_end_at_stop_after_content_at_eos_or_at_max_tokens(tiny, monkeypatch):

@@ -129,6 +129,20 @@ def test_lr_schedule():
     assert all(lr_at(s, cfg) >= lr_at(s + 1, cfg) for s in range(10, 100))
 
 
+@pytest.mark.parametrize("steps, warmup", [(100, 10), (5, 1)])
+def test_lr_schedule_is_transformers_cosine_with_min_lr_after_warmup(steps, warmup):
+    """What ``lr_at``'s docstring claims: the library's schedule, except a warm-up that starts above 0."""
+    from transformers import get_scheduler
+
+    cfg = SFTConfig(steps=steps, lr=1.0, warmup=warmup)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    lib = get_scheduler("cosine_with_min_lr", opt, num_warmup_steps=warmup, num_training_steps=steps,
+                        scheduler_specific_kwargs={"min_lr_rate": 0.1})
+    theirs = [lib.lr_lambdas[0](s) for s in range(steps)]  # lr of step s / peak
+    assert [lr_at(s, cfg) for s in range(warmup, steps)] == pytest.approx(theirs[warmup:], abs=1e-12)
+    assert theirs[0] == 0.0 < lr_at(0, cfg)
+
+
 @pytest.mark.parametrize("field, value", [("steps", 0), ("batch_size", 0), ("lr", 0.0), ("checkpoint_every", 0), ("precision", "fp16")])
 def test_sft_config_validates(field, value):
     with pytest.raises(PonderError, match=field.replace("_", "-")):

@@ -33,10 +33,9 @@ import shutil
 import time
 from dataclasses import dataclass, fields, is_dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, Literal
 
 from .config import build, check_literals, check_positive, nested, option, to_dict
-from .critics import Mixture
 from .errors import PonderError
 from .io import read_rows, write_jsonl, write_text
 from .models.tiny import TinyConfig

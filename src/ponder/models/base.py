@@ -6,7 +6,7 @@ through the callables built in ``ponder.search.env``; it never touches a model.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol, Sequence, runtime_checkable
 
 from ..compute import Compute
@@ -22,8 +22,6 @@ def default_device(device: str | None = None) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 if TYPE_CHECKING:
-    import torch
-
     from ..tasks import Problem, Task
 
 Finish = Literal["stop", "eos", "length"]
@@ -37,14 +35,12 @@ class SamplingParams:
     top_p: nucleus sampling mass (1 = off).
     max_tokens: most tokens to generate per sample.
     stop: strings that end a step once it has non-blank content; the stop string stays in the text.
-    hidden: also return the last-layer hidden state at each step's final token (for value heads).
     """
 
     temperature: float = 1.0
     top_p: float = 1.0
     max_tokens: int = 48
     stop: tuple[str, ...] = ("\n",)
-    hidden: bool = False
 
     def __post_init__(self):
         if self.temperature < 0:
@@ -58,13 +54,12 @@ class SamplingParams:
 @dataclass(frozen=True)
 class Step:
     """One sampled step: its text (ending with the stop string when ``finish == "stop"``), token ids,
-    per-token log-probs under the model (temperature 1), why it ended, and optionally a hidden state (H,)."""
+    per-token log-probs under the model (temperature 1), and why it ended."""
 
     text: str
     token_ids: tuple[int, ...]
     logprobs: tuple[float, ...]
     finish: Finish
-    hidden: "torch.Tensor | None" = field(default=None, repr=False, compare=False)
 
     @property
     def logprob(self) -> float:

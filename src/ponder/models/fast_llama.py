@@ -155,9 +155,8 @@ class FastLlama:
         self.flat, self.spare = self.spare, self.flat
         self.k, self.v, self.valid, self.pos = k, v, self.valid[rows], self.pos[rows]
 
-    def step(self, tok: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Feed one token per row, tok (N,). Returns the next logits (N, V) and the last-layer hidden
-        state after the final norm (N, H), like transformers' ``hidden_states[-1]``."""
+    def step(self, tok: torch.Tensor) -> torch.Tensor:
+        """Feed one token per row, tok (N,). Returns the next logits (N, V)."""
         if self.t == self.k.shape[3]:
             self._grow()
         self.valid[:, self.t] = True
@@ -165,7 +164,7 @@ class FastLlama:
         h = self._forward(tok[:, None], self.pos[:, None], mask)[:, 0]  # (N, H)
         self.t += 1
         self.pos = self.pos + 1
-        return F.linear(h, self.lm_head), h
+        return F.linear(h, self.lm_head)
 
     def _buffers(self, numel: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Flat, uninitialised storage for keys and values."""

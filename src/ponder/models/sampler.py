@@ -93,17 +93,16 @@ class Decoder(Protocol):
         """Keep only ``rows`` (M,), in that order."""
         ...
 
-    def step(self, tok: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Feed one token per row, tok (N,); returns next logits (N, V) and, if asked for, the
-        last-layer hidden states (N, H)."""
+    def step(self, tok: torch.Tensor) -> torch.Tensor:
+        """Feed one token per row, tok (N,); returns the next logits (N, V)."""
         ...
 
 
 class HFDecoder:
     """``Decoder`` over any transformers causal LM that takes ``past_key_values`` (a ``DynamicCache``)."""
 
-    def __init__(self, model, hidden: bool):
-        self.model, self.hidden = model, hidden
+    def __init__(self, model):
+        self.model = model
 
     def prefill(self, ids: torch.Tensor, mask: torch.Tensor, reserve: int) -> torch.Tensor:
         from transformers import DynamicCache
@@ -125,14 +124,14 @@ class HFDecoder:
         self.cache.batch_select_indices(rows)
         self.mask, self.pos = self.mask[rows], self.pos[rows]
 
-    def step(self, tok: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def step(self, tok: torch.Tensor) -> torch.Tensor:
         self.mask = torch.cat([self.mask, self.mask.new_ones((len(tok), 1))], -1)  # (N, S)
         out = self.model(
             input_ids=tok[:, None], attention_mask=self.mask, position_ids=self.pos, past_key_values=self.cache,
-            use_cache=True, output_hidden_states=self.hidden,
+            use_cache=True,
         )
         self.pos = self.pos + 1
-        return out.logits[:, -1], (out.hidden_states[-1][:, -1] if self.hidden else None)
+        return out.logits[:, -1]
 
 
 def left_pad(prompts: Sequence[Sequence[int]], pad: int | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -147,12 +146,12 @@ def left_pad(prompts: Sequence[Sequence[int]], pad: int | None) -> tuple[torch.T
     return ids, mask
 
 
-def decoder_for(model, hidden: bool, fast: bool = True) -> Decoder:
+def decoder_for(model, fast: bool = True) -> Decoder:
     """The hand-written Llama forward where it reproduces the model exactly (much less overhead per
     token), else transformers' own forward."""
     from . import fast_llama
 
-    return fast_llama.FastLlama(model) if fast and fast_llama.supports(model) else HFDecoder(model, hidden)
+    return fast_llama.FastLlama(model) if fast and fast_llama.supports(model) else HFDecoder(model)
 
 
 @torch.inference_mode()
@@ -174,7 +173,7 @@ def sample_steps(
     device = model.device
     B, T = len(prompts), params.max_tokens
     ids, mask = left_pad(prompts, tokenizer.pad_token_id)
-    decoder = decoder_for(model, params.hidden, fast)
+    decoder = decoder_for(model, fast)
     logits = decoder.prefill(ids.to(device), mask.to(device), reserve=T)  # (B, V)
     forward_calls = 1
     if k > 1:
@@ -187,7 +186,6 @@ def sample_steps(
     out_lp = torch.zeros((n, T), dtype=torch.float32, device=device)
     length = torch.zeros(n, dtype=torch.long, device=device)
     finish = torch.zeros(n, dtype=torch.long, device=device)  # index into FINISH
-    hidden = torch.zeros((n, model.config.hidden_size), device=device) if params.hidden else None
     content = torch.zeros(n, dtype=torch.bool, device=device)
     stop_m, blank_m, eos_m = rule.stop.to(device), rule.blank.to(device), rule.eos.to(device)
 
@@ -204,12 +202,6 @@ def sample_steps(
             hits = [cut_at_stop(tokenizer.decode(r), rule.stops) is not None for r in recent]
             ended |= torch.tensor(hits, device=device)
         finish[rows] = ended.long() + is_eos.long()  # live rows are all still "length"
-        if params.hidden:
-            # one more forward over the tokens just sampled gives every finished step the hidden state
-            # of its last token; the rows still writing get their next logits from the same pass
-            logits, h = decoder.step(tok)
-            forward_calls += 1
-            hidden[rows] = h.float()
         if t == T - 1:
             break
         live = (~ended).nonzero().squeeze(-1)  # (m,)
@@ -218,17 +210,15 @@ def sample_steps(
         if len(live) < len(rows):  # finished rows need no more compute
             decoder.select(live)
             rows, content, tok, logits = rows[live], content[live], tok[live], logits[live]
-        if not params.hidden:
-            logits, _ = decoder.step(tok)
-            forward_calls += 1
+        logits = decoder.step(tok)
+        forward_calls += 1
 
     steps = []
-    hid = hidden.cpu().unbind() if hidden is not None else [None] * n
-    for tk, lp, m, f, h in zip(out_tok.tolist(), out_lp.tolist(), length.tolist(), finish.tolist(), hid):
+    for tk, lp, m, f in zip(out_tok.tolist(), out_lp.tolist(), length.tolist(), finish.tolist()):
         text = tokenizer.decode(tk[:m], skip_special_tokens=True)
         if FINISH[f] == "stop":
             text = cut_at_stop(text, rule.stops) or text
-        steps.append(Step(text, tuple(tk[:m]), tuple(lp[:m]), FINISH[f], h))
+        steps.append(Step(text, tuple(tk[:m]), tuple(lp[:m]), FINISH[f]))
     grouped = [steps[i * k : (i + 1) * k] for i in range(B)]
     generated = [sum(s.num_tokens for s in g) for g in grouped]
     read = [len(p) for p in prompts]

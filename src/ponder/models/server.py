@@ -48,7 +48,6 @@ Differences from the local sampler, and how each is handled:
 - **Compute** comes from each response's ``usage``: ``tokens_read`` = prompt tokens (a prefix with
   ``n=k`` is read once, as the local sampler counts it; a continuation re-reads it), ``tokens_generated``
   = completion tokens, ``forward_calls`` = requests, ``seconds`` = the call's wall time shared by tokens.
-- **Hidden states** (``SamplingParams.hidden``) do not exist through the API: a clear error.
 """
 
 from __future__ import annotations
@@ -232,8 +231,6 @@ class ServerPolicy:
             return Samples([], [])
         if k <= 0:
             raise PonderError(f"k must be > 0, got {k}")
-        if params.hidden:
-            raise PonderError(f"{self.url}: a server gives no hidden states; value heads need a local model (--model DIR)")
         t0 = time.perf_counter()
         with self._lock:
             seeds = list(range(self._seed, self._seed + len(prefixes)))

@@ -5,9 +5,10 @@ when they stop. ``Forest.grow`` does the rest for all of them: every round, the 
 tree of the batch are expanded by ONE ``env.propose`` call and every new node is valued by ONE
 scoring call (critic or rollouts), never one call per node or per problem.
 
-Since the only critic today is the task's verifier (0 for every unfinished state), a node's rank is
-(value, mean log-prob per token of its trace): ties in value go to the trace the policy finds likelier,
-and ``scorer="rollout"`` values a state by how often fast rollouts from it are verified correct.
+A node's rank is (value, mean log-prob per token of its trace), the value being the critic's score
+(any critic: value head, PRM, ORM, judge, implicit reward, or the task's verifier, which scores every
+unfinished state 0): ties in value go to the trace the policy finds likelier, and ``scorer="rollout"``
+values a state by how often fast rollouts from it are verified correct.
 """
 
 from __future__ import annotations

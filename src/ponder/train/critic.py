@@ -121,20 +121,12 @@ def measure(critic, records: Sequence[dict], baseline: float) -> dict:
 def auc(scores: torch.Tensor, positive: torch.Tensor) -> float | None:
     """P(score of a random positive > score of a random negative), ties counting half: how well the
     critic ranks states, which is what search uses it for (0.5 = no better than chance; None without
-    both classes). Computed from ranks (Mann-Whitney U)."""
-    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
-    if n_pos == 0 or n_neg == 0:
-        return None
-    s = scores.float()
-    order = torch.argsort(s)
-    ranks = torch.empty_like(s)
-    ranks[order] = torch.arange(1, len(s) + 1, dtype=s.dtype, device=s.device)
-    _, tie = torch.unique(s, return_inverse=True)  # tied scores share their mean rank
-    sums = torch.zeros(int(tie.max()) + 1, device=s.device).index_add_(0, tie, ranks)
-    counts = torch.zeros_like(sums).index_add_(0, tie, torch.ones_like(s))
-    ranks = (sums / counts)[tie]
-    u = ranks[positive].sum().item() - n_pos * (n_pos + 1) / 2
-    return u / (n_pos * n_neg)
+    both classes): scikit-learn's ``roc_auc_score``."""
+    from sklearn.metrics import roc_auc_score
+
+    if positive.all() or not positive.any():
+        return None  # roc_auc_score raises on a single class
+    return float(roc_auc_score(positive.cpu().numpy(), scores.float().cpu().numpy()))
 
 
 def prior_shift(train: Sequence[dict], positive: Sequence[dict], balance: float) -> float:

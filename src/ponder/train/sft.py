@@ -68,7 +68,14 @@ def save_checkpoint(model, tokenizer, out: Path) -> None:
 
 
 def lr_at(step: int, cfg: SFTConfig) -> float:
-    """Linear warm-up, then cosine decay to 10% of the peak."""
+    """Linear warm-up, then cosine decay to 10% of the peak.
+
+    From step ``warmup`` on this is exactly ``transformers.get_scheduler("cosine_with_min_lr",
+    scheduler_specific_kwargs={"min_lr_rate": 0.1})`` (a test checks it). It is not that scheduler
+    because its warm-up starts at lr 0: step 0 updates nothing. In the loop's short fine-tunes
+    (5 steps with a warm-up of 1) that would be a fifth of the updates gone; here warm-up step s
+    already trains at (s + 1) / warmup of the peak.
+    """
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
     progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
@@ -82,6 +89,14 @@ def fp32_master_weights(model) -> None:
     resolution (8 mantissa bits: a weight of 0.02 moves in steps of ~1e-4), so training those weights
     directly changes nothing at all. The forward pass still runs in bfloat16 under autocast where the
     trainer asks for it.
+
+    Neither torch's autocast nor accelerate's ``mixed_precision="bf16"`` (which is autocast around the
+    forward) does this: both assume float32 weights and only cast inside the forward, so on a
+    bfloat16-loaded model they leave the weights, and hence the optimizer's updates, in bfloat16
+    (checked: an AdamW step of lr 1e-5 through an ``Accelerator(mixed_precision="bf16")`` changed 0 of
+    a bfloat16 layer's weights). ``model.float()`` would do it but also upcasts frozen weights (the
+    base model under LoRA, a critic's backbone without ``tune_backbone``), doubling their memory for
+    nothing; so only the trainable ones are upcast here.
     """
     for p in model.parameters():
         if p.requires_grad and p.dtype in (torch.bfloat16, torch.float16):
