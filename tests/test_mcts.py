@@ -14,7 +14,8 @@ from ponder.errors import PonderError
 from ponder.models import HFPolicy, SamplingParams, Samples, Step
 from conftest import small_tiny_model
 from ponder.search import METHODS, SearchEnv, get_method
-from ponder.search.mcts import MCTSConfig, mcts, normalize
+from ponder.search.env import step_key as normalize
+from ponder.search.mcts import MCTSConfig, mcts
 from ponder.tasks.base import Problem, Task
 from ponder.tasks.game24 import Game24
 
@@ -322,7 +323,7 @@ def test_registered_as_a_method():
 # --- (7) end to end with the real (untrained) tiny model --------------------------------------------------
 def test_end_to_end_with_the_untrained_tiny_model():
     model, tok = small_tiny_model()  # ponder.models.tiny.tiny_model with the test shape
-    game24 = Game24()
+    game24 = Game24(free_text=True)
     # Game of 24: the untrained model's steps are illegal, so they end the trace at once
     # the toy task: any text is a legal step, so the leaves are rolled out by the real model too
     for task, problems in ((game24, game24.problems("test")[:2]), (ToyTask(2), [toy("p1"), toy("p2")])):

@@ -77,7 +77,7 @@ class ScriptedPolicy:
 
 
 # --- game24 fixtures --------------------------------------------------------------------------------------
-GAME24 = Game24()
+GAME24 = Game24(free_text=True)
 
 
 def g24(*nums: int) -> Problem:
@@ -327,14 +327,16 @@ def test_compute_is_charged_per_problem_and_adds_up(method, cfg):
 
 
 # --- the env's step callable ------------------------------------------------------------------------------
-def test_propose_samples_steps_from_the_state():
+def test_expand_samples_distinct_steps_from_the_state():
     env, policy = env_for({P1: [P1_GOOD, P1_WRONG]})
     first = GAME24.split_steps(P1_GOOD)
-    out = env.propose([State(P1), State(P1, (first[0],))], k=2)
+    out = env.expand([State(P1), State(P1, (first[0],))], k=2)
     assert [[s.text for s in row] for row in out] == [
         [first[0], GAME24.split_steps(P1_WRONG)[0]],
-        [first[1], first[1]],
+        [first[1]],  # the one step the script has there, sampled twice, is one proposal
     ]
+    # the state short of k distinct steps is sampled again, up to distinct_rounds sampler calls in all
+    assert [len(c[0]) for c in policy.calls] == [2] + [1] * (env.distinct_rounds - 1)
     params = policy.calls[0][2]
     assert params.stop == GAME24.step_stop and params.max_tokens == GAME24.max_step_tokens
     assert env.spent[P1.id] == policy.total

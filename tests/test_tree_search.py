@@ -61,9 +61,12 @@ class FakeCritic:
 
 
 class FakeEnv:
-    """Exposes what the tree searches use of ``SearchEnv``: propose (sample j of a state is its child
+    """Exposes what the tree searches use of ``SearchEnv``: expand (sample j of a state is its child
     ``j mod #children``, one token each), score, rollout (sample j always takes child ``j mod #children``),
-    task, critic, take_compute (forward calls = states expanded). Records the states of every call."""
+    task, critic, the task's verdicts, take_compute (forward calls = states expanded). Records the states
+    of every call."""
+
+    lists_actions = False
 
     def __init__(self, spec: Spec):
         self.task, self.spec, self.critic = FakeTask(spec), spec, FakeCritic(spec)
@@ -71,7 +74,13 @@ class FakeEnv:
         self.scored: list[list[State]] = []
         self.rolled: list[list[State]] = []
 
-    def propose(self, states, k, temperature=1.0, top_p=1.0) -> list[list[Step]]:
+    def is_terminal(self, problem, steps) -> bool:
+        return self.task.is_terminal(problem, steps)
+
+    def reward(self, problem, steps) -> float:
+        return self.task.reward(problem, steps)
+
+    def expand(self, states, k, temperature=1.0, top_p=1.0) -> list[list[Step]]:
         self.proposed.append(list(states))
         out = []
         for s in states:
@@ -335,7 +344,7 @@ def test_methods_are_registered():
 @pytest.fixture(scope="module")
 def game24_env():
     model, tok = small_tiny_model()
-    task = Game24()
+    task = Game24(free_text=True)
     return SearchEnv(HFPolicy(model, tok, "tiny", seed=0), task, Verifier(task)), task.problems("test")[:2]
 
 

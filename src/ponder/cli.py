@@ -38,6 +38,9 @@ def _positive_int(name: str):
 def _add_task_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", default="game24", help=f"one of: {', '.join(TASKS)} (default: game24)")
     p.add_argument("--data", help="your own problem file in the task's format (JSONL, or CSV for game24)")
+    p.add_argument("--free-text", action="store_true",
+                   help="the model writes every step whole; by default, where the task can, the model writes only the "
+                        "action and the task its observation, and searches score every legal action")
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -174,7 +177,7 @@ def cmd_train(args) -> None:
 
     from .io import check_out_dir
 
-    task = get_task(args.task, args.data)
+    task = get_task(args.task, args.data, args.free_text)
     cfg = config_from(SFTConfig, args)
     check_out_dir(Path(args.out).parent, f"--out {args.out}")
     if args.init:
@@ -199,7 +202,7 @@ def _setup(args):
     from .search import get_method
     from .tasks import get_task
 
-    task = get_task(args.task, args.data)
+    task = get_task(args.task, args.data, args.free_text)
     method = get_method(args.method)
     cfg = config_from(method.config, args, args.config, exclusive=True, seed=getattr(args, "seed", None))
     if args.critic is None and method.needs_critic:
@@ -253,7 +256,7 @@ def _eval(args, task, method, cfg, problems, out: Path) -> None:
     if args.ray:
         from .distributed import RayPool, WorkerSpec
 
-        spec = WorkerSpec(task.name, args.data, args.model, args.device, args.dtype, args.critic, args.seed)
+        spec = WorkerSpec(task.name, args.data, args.model, args.device, args.dtype, args.critic, args.seed, task.free_text)
         pool = RayPool(spec, args.ray, args.workers)
         policy, critic = None, None  # the workers hold them
     elif args.workers:
@@ -338,7 +341,7 @@ def cmd_credit(args) -> None:
     from .report.credit import credit_report
     from .tasks import get_task
 
-    task = get_task(args.task, args.data)
+    task = get_task(args.task, args.data, args.free_text)
     if args.out:
         check_out_file(args.out)
     if args.iteration and (args.model or args.reference):

@@ -37,6 +37,7 @@ class WorkerSpec:
     dtype: str = "auto"
     critic: str | None = None
     seed: int = 0
+    free_text: bool = False
 
 
 @dataclass
@@ -85,7 +86,7 @@ class _Worker:
         t0 = time.perf_counter()
         old = self.spec
         if old is None or (old.task, old.data) != (spec.task, spec.data):
-            self.task = get_task(spec.task, spec.data)
+            self.task = get_task(spec.task, spec.data, spec.free_text)
         new_policy = old is None or (old.model, old.device, old.dtype) != (spec.model, spec.device, spec.dtype)
         if new_policy:
             self.policy = self.critic = None  # free the old model first: one at a time on the device

@@ -43,10 +43,11 @@ from .search.mcts import MCTSConfig
 from .tasks import Problem, Task, get_task
 from .train.critic import CriticConfig
 from .train.dpo import DPOConfig
+from .train.expert import ExpertConfig
 from .train.parallel import is_main_process
 from .train.sft import SFTConfig
 
-PolicyUpdate = Literal["sft", "sft+dpo", "none"]
+PolicyUpdate = Literal["expert", "sft", "sft+dpo", "none"]
 TrainFrom = Literal["previous", "initial"]
 CRITIC_KINDS = ("value", "prm", "orm")
 
@@ -104,7 +105,12 @@ class ImproveConfig:
     validation: int = option(100, "held-out training-distribution problems for the collapse watch (with 100, one "
                                   "standard error of its greedy accuracy is at most 5 points)")
     search_batch: int = option(128, "problems searched together (larger batches keep the sampler busier)")
-    policy_update: PolicyUpdate = option("sft+dpo", "how the policy learns: sft, sft+dpo, or none")
+    free_text: bool = option(
+        False, "the model writes every step whole; off: where the task can, the model writes the action and the task "
+        "its observation, and every search scores all legal actions (Game of 24, arithmetic)")
+    policy_update: PolicyUpdate = option(
+        "expert", "how the policy learns: expert (the search's improved policy at every searched state, plus SFT on "
+        "verified traces), sft (verified traces only), sft+dpo (then step-level DPO on sibling pairs), or none")
     lora_r: int = option(0, "train the policy through LoRA adapters of this rank (PEFT), merged after each phase; 0 = full fine-tuning")
     train_from: TrainFrom = option(
         "previous", "where each iteration's policy training starts: the previous policy, or the initial one "
@@ -133,6 +139,7 @@ class ImproveConfig:
     bootstrap: SFTConfig = nested(_bootstrap_defaults)
     sft: SFTConfig = nested(_sft_defaults)
     dpo: DPOConfig = nested(DPOConfig)
+    expert: ExpertConfig = nested(ExpertConfig)
     critic: CriticConfig = nested(_critic_defaults)
     search: MCTSConfig = nested(_search_defaults)
     eval_mcts: MCTSConfig = nested(_eval_mcts_defaults)
@@ -291,7 +298,7 @@ class Improver:
     def __init__(self, run: Run, progress: bool = True, ray: str | None = None, workers: int | None = None,
                  launcher: str | None = None):
         self.run, self.cfg, self.progress = run, seeded(run.cfg), progress  # the folder keeps the config as given
-        self.task = get_task(self.cfg.task, self.cfg.data)
+        self.task = get_task(self.cfg.task, self.cfg.data, self.cfg.free_text)
         self.val, self.new_problems = held_out(self.task, self.cfg)
         self._policy_cache: tuple[str, Any] | None = None
         self.ray, self.workers = ray, workers
@@ -353,7 +360,8 @@ class Improver:
         if self.ray:
             from .distributed import RayPool, WorkerSpec
 
-            spec = WorkerSpec(self.task.name, self.cfg.data, policy, self.cfg.device, "auto", critic, self.cfg.seed)
+            spec = WorkerSpec(self.task.name, self.cfg.data, policy, self.cfg.device, "auto", critic, self.cfg.seed,
+                              self.cfg.free_text)
             if self.pool is None:
                 self.pool = RayPool(spec, self.ray, self.workers)
             self.pool.use(spec)
@@ -379,7 +387,7 @@ class Improver:
                 model, tok = tiny_model(cfg.tiny, seed=cfg.seed, device=cfg.device)
                 t0 = time.time()
                 seed = cfg.bootstrap.seed
-                train_sft(model, tok, lambda n, step: self.task.bootstrap_texts(n, seed * 1_000_003 + step),
+                train_sft(model, tok, lambda n, step: self.task.bootstrap_segments(n, seed * 1_000_003 + step),
                           cfg.bootstrap, out, progress=self.progress)
                 run.mark(0, "policy", str(out))
                 run.mark(0, "bootstrap", {"seconds": round(time.time() - t0, 1)})
@@ -453,9 +461,9 @@ class Improver:
         from .train import data
 
         it = self.run.it(i)
-        sft, pairs = [], []
+        sft, pairs, targets = [], [], []
         crit: dict[str, list] = {k: [] for k in CRITIC_KINDS}
-        labels = {"value": data.value_label, "prm": data.prm_label(self.cfg.prm_label), "orm": data.orm_label}
+        labels = {"prm": data.prm_label(self.cfg.prm_label), "orm": data.orm_label}
         for j in range(1, i + 1):
             rows = read_rows(self.run.it(j) / "search.jsonl")
             recent = j > i - self.cfg.replay
@@ -465,6 +473,8 @@ class Improver:
                 sft += data.verified_traces(problem, tree, self.task, [r["steps"]], self.cfg.traces_per_problem)
                 if recent:
                     pairs += data.step_pairs(problem, tree, self.cfg.pair_margin)
+                    targets += data.policy_targets(problem, tree, self.task)
+                    labels["value"] = data.value_label_with_proofs(problem, tree, self.task)
                     for k in CRITIC_KINDS:
                         crit[k] += data.critic_records(problem, tree, labels[k])
         # a problem searched again in a later iteration may find a trace found before: keep it once
@@ -472,9 +482,10 @@ class Improver:
         (it / "data").mkdir(exist_ok=True)
         write_jsonl(it / "data" / "sft.jsonl", sft)
         write_jsonl(it / "data" / "pairs.jsonl", pairs)
+        write_jsonl(it / "data" / "policy_targets.jsonl", targets)
         for k, recs in crit.items():
             write_jsonl(it / "data" / f"{k}.jsonl", recs)
-        counts = {"sft": len(sft), "pairs": len(pairs), **{k: len(v) for k, v in crit.items()}}
+        counts = {"sft": len(sft), "pairs": len(pairs), "policy_targets": len(targets), **{k: len(v) for k, v in crit.items()}}
         say(f"iteration {i}: data {counts}")
         return counts
 
@@ -490,7 +501,8 @@ class Improver:
             return start
         sft = read_rows(it / "data" / "sft.jsonl")
         pairs = read_rows(it / "data" / "pairs.jsonl") if cfg.policy_update == "sft+dpo" else []
-        if not sft and not pairs:
+        targets = read_rows(it / "data" / "policy_targets.jsonl") if cfg.policy_update == "expert" else []
+        if not sft and not pairs and not targets:
             say(f"iteration {i}: no verified trace and no step pair; the policy stays {start}")
             return start
         info: dict[str, Any] = {"processes": int(os.environ.get("WORLD_SIZE", "1"))}
@@ -498,15 +510,18 @@ class Improver:
         info["from"] = base
         policy = self.local_policy(base, "policy training")
         self._policy_cache = None  # the model is trained in place below
+        texts = [self.task.segments(render_prompt(policy.tokenizer, self.task, Problem.from_dict(r["problem"])), r["steps"])
+                 for r in sft]
+        if targets:
+            return self.train_expert_policy(i, policy, targets, texts, info)
         if sft:
             with lora_adapters(policy, cfg.lora_r):
-                texts = [render_prompt(policy.tokenizer, self.task, Problem.from_dict(r["problem"])) + "".join(r["steps"]) for r in sft]
                 mix = cfg.sft_mix if self._has_bootstrap() else 0.0
 
                 def batch(n: int, step: int) -> list[str]:
                     rng = random.Random(cfg.sft.seed * 1_000_003 + step + 7 * i)
                     k = round(n * mix)
-                    extra = self.task.bootstrap_texts(k, rng.randrange(1 << 30)) if k else []
+                    extra = self.task.bootstrap_segments(k, rng.randrange(1 << 30)) if k else []
                     return [rng.choice(texts) for _ in range(n - k)] + extra
 
                 per_step = max(1, cfg.sft.batch_size - round(cfg.sft.batch_size * mix))  # traces per step
@@ -548,6 +563,26 @@ class Improver:
         if is_main_process():
             save_checkpoint(policy.model, policy.tokenizer, it / "policy")
             write_text(it / "policy-train.json", json.dumps(info, indent=2))
+        return str(it / "policy")
+
+    def train_expert_policy(self, i: int, policy, targets: list[dict], texts: list, info: dict) -> str:
+        """Expert iteration: the improved policy at every searched state, plus SFT on the verified traces."""
+        from .train import save_checkpoint
+        from .train.expert import train_expert
+        from .train.lora import lora_adapters
+
+        cfg, it = self.cfg, self.run.it(i)
+        say(f"iteration {i}: expert iteration on {len(targets)} searched states and {len(texts)} verified traces")
+        with lora_adapters(policy, cfg.lora_r):
+            try:
+                info["expert"] = train_expert(policy, self.task, targets, texts, replace(cfg.expert, seed=cfg.expert.seed + i),
+                                              it / "expert.losses.jsonl", self.progress)
+            except PonderError as e:  # a NaN loss: this iteration's policy stays the one it started from
+                say(f"iteration {i}: {e}; the policy stays {info['from']}")
+                write_text(it / "policy-train.json", json.dumps({"expert": {"error": str(e)}}, indent=2))
+                return info["from"]
+        save_checkpoint(policy.model, policy.tokenizer, it / "policy")
+        write_text(it / "policy-train.json", json.dumps(info, indent=2))
         return str(it / "policy")
 
     def launch_policy_training(self, i: int) -> None:
@@ -610,7 +645,7 @@ class Improver:
         return CRITIC_KINDS if not self.task.checkable else ("value", "prm")
 
     def _has_bootstrap(self) -> bool:
-        return type(self.task).bootstrap_texts is not Task.bootstrap_texts
+        return self.task.can_bootstrap
 
     # --- evaluation and the collapse watch ----------------------------------------------------------
     def eval_setup(self, method: str, i: int):

@@ -78,6 +78,16 @@ class Samples:
     compute: list[Compute]
 
 
+@dataclass(frozen=True)
+class Scores:
+    """``logprobs[i][j]``: log pi(continuation j | prefix i), summed over its ``tokens[i][j]`` tokens;
+    ``compute[i]``: prefix i's share of the call's cost (the continuations are read, not generated)."""
+
+    logprobs: list[list[float]]
+    tokens: list[list[int]]
+    compute: list[Compute]
+
+
 @runtime_checkable
 class Policy(Protocol):
     """A language model that writes steps."""
@@ -90,4 +100,14 @@ class Policy(Protocol):
 
     def sample(self, prefixes: Sequence[str], k: int, params: SamplingParams) -> Samples:
         """k samples for each prefix, in one batched call."""
+        ...
+
+
+@runtime_checkable
+class ActionScorer(Protocol):
+    """A policy that can also score given continuations (local models): exact priors over a task's
+    legal actions come from one batched teacher-forced pass instead of samples."""
+
+    def score(self, prefixes: Sequence[str], continuations: Sequence[Sequence[str]]) -> Scores:
+        """log pi(c | prefix) for every continuation c of every prefix, in batched passes."""
         ...

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
 from ..errors import PonderError
-from .base import SamplingParams, Samples, default_device
+from ..compute import split_compute
+from .base import SamplingParams, Samples, Scores, default_device
+from .branches import branch_logprobs
 from .sampler import StopRule, sample_steps
 
 
@@ -116,6 +119,30 @@ class HFPolicy:
         return sample_steps(
             self.model, self.tokenizer, self.encode(prefixes), k, params, self.rule(params.stop), self.generator
         )
+
+    @torch.inference_mode()
+    def score(self, prefixes: Sequence[str], continuations: Sequence[Sequence[str]], tokens_per_call: int = 32768) -> Scores:
+        """log pi(c | prefix) summed over c's tokens, for every continuation of every prefix: each prefix
+        and all its continuations are one row under tree attention (``branches``), so the prefix is read
+        once; rows go through the model about ``tokens_per_call`` tokens at a time. Each continuation is
+        tokenized on its own, as steps are in training."""
+        t0 = time.perf_counter()
+        heads = self.encode(prefixes)
+        conts = [[self.tokenizer(c, add_special_tokens=False)["input_ids"] for c in cs] for cs in continuations]
+        sizes = [len(h) + sum(map(len, cs)) for h, cs in zip(heads, conts)]
+        lps: list[list[float]] = [[] for _ in prefixes]
+        calls, batch = 0, []
+        for i in sorted(range(len(prefixes)), key=sizes.__getitem__) + [None]:
+            if batch and (i is None or (len(batch) + 1) * max(sizes[j] for j in batch + [i]) > tokens_per_call):
+                out = branch_logprobs(self.model, [heads[j] for j in batch], [conts[j] for j in batch], self.tokenizer.pad_token_id)
+                for j, lp in zip(batch, out):
+                    lps[j] = lp.tolist()
+                calls, batch = calls + 1, []
+            if i is not None:
+                batch.append(i)
+        ntok = [[len(c) for c in cs] for cs in conts]
+        compute = split_compute([0] * len(prefixes), sizes, calls, time.perf_counter() - t0)
+        return Scores(lps, ntok, compute)
 
 
 def smollm2_gguf() -> Path:

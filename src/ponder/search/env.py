@@ -1,19 +1,39 @@
 """What a search algorithm is given: callables over batches of states, never a model.
 
-``SearchEnv`` wraps a policy, a task and a critic into three batched calls (propose k next steps,
-roll out k whole completions, score states) and charges every call's compute to the problems it
-served, so each result carries its own cost.
+``SearchEnv`` wraps a policy, a task and a critic into three batched calls (expand: k distinct next
+steps; roll out k whole completions; score states) and charges every call's compute to the problems
+it served, so each result carries its own cost.
+
+**The one expansion path.** Every search method gets its children from ``expand``:
+
+- where the task lists the legal actions of a state and the policy can score continuations, the
+  policy scores every legal action in one batched pass (exact priors) and k distinct ones are drawn
+  without replacement by Gumbel-top-k (Kool et al. 2019; Gumbel MuZero): perturb each log-prior by
+  independent Gumbel noise and keep the k largest, which samples k actions without replacement in
+  proportion to the prior; at temperature 0 the k likeliest are taken;
+- otherwise the policy samples steps, again and again until it has k distinct ones or has spent
+  ``distinct_rounds`` sampler calls on the state;
+- where the task observes (``Task.observes``), the model writes only the action and the task writes
+  the rest of the step, so observation tokens are never sampled; an action the task cannot observe
+  (not legal, division by zero) stays as written and ends the trace with reward 0.
+
+Rollouts go through the same path one step at a time where actions are listed, so they are legal too.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+import random
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 from ..compute import Compute
 from ..critics import Critic, checked_scores
-from ..models import Policy, SamplingParams, Step
+from ..errors import PonderError
+from ..models import Policy, SamplingParams
+from ..models.base import ActionScorer, Finish
 from ..tasks import Problem, Task
+from .tree import Node
 
 
 @dataclass(frozen=True)
@@ -24,9 +44,46 @@ class State:
     steps: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class Proposal:
+    """One proposed next step. ``text``: the whole step (action and, where the task observes, its
+    observation); ``num_tokens``: the tokens the model wrote or scored for it; ``logprob``: log pi of
+    those tokens; ``prior``: the exact probability of the action among every legal one where the task
+    lists them, else None; ``finish``: why the model's part ended."""
+
+    text: str
+    num_tokens: int
+    logprob: float
+    prior: float | None = None
+    finish: Finish = "stop"
+
+
+def gumbel_top_k(logits: Sequence[float], k: int, rng: random.Random, temperature: float = 1.0) -> list[int]:
+    """k distinct indices drawn without replacement with probability proportional to softmax(logits / T),
+    best first: argtop-k of logits / T + Gumbel noise (Kool et al. 2019). T = 0 takes the k largest."""
+    if temperature == 0:
+        keys = list(logits)
+    else:
+        keys = [x / temperature - math.log(-math.log(rng.random() or 1e-300)) for x in logits]
+    return sorted(range(len(keys)), key=lambda i: -keys[i])[:k]
+
+
+def softmax(xs: Sequence[float]) -> list[float]:
+    top = max(xs)
+    e = [math.exp(x - top) for x in xs]
+    z = sum(e)
+    return [x / z for x in e]
+
+
 class SearchEnv:
-    def __init__(self, policy: Policy, task: Task, critic: Critic | None = None):
+    def __init__(self, policy: Policy, task: Task, critic: Critic | None = None, distinct_rounds: int = 3):
         self.policy, self.task, self.critic = policy, task, critic
+        #: sampler calls a state may take to reach k distinct steps where the task lists no actions
+        self.distinct_rounds = distinct_rounds
+        self.rng = random.Random(0)
+        #: whether expansions score the task's legal actions (else the policy samples steps)
+        self.lists_actions = isinstance(policy, ActionScorer) and not task.free_text and \
+            type(task).legal_actions is not Task.legal_actions
         self._prompts: dict[str, str] = {}
         self.spent: dict[str, Compute] = {}
         # the task's verdicts on traces already checked, per problem (dropped with the problem's compute):
@@ -46,6 +103,12 @@ class SearchEnv:
     def charge(self, states: Sequence[State], costs: Sequence[Compute]) -> None:
         for s, c in zip(states, costs):
             self.spent[s.problem.id] = self.spent.get(s.problem.id, Compute()) + c
+
+    def seed(self, seed: int) -> None:
+        """Reseed the env's Gumbel draws and the policy's sampler (if it can be seeded)."""
+        self.rng.seed(seed)
+        if hasattr(self.policy, "seed"):
+            self.policy.seed(seed)
 
     def take_compute(self, problem: Problem) -> Compute:
         self._verdicts.pop(problem, None)
@@ -67,23 +130,111 @@ class SearchEnv:
         return memo[key]
 
     # --- the callables search uses ----------------------------------------------------------------
-    def propose(self, states: Sequence[State], k: int, temperature: float = 1.0, top_p: float = 1.0) -> list[list[Step]]:
-        """k candidate next steps for each state (one batched sampler call)."""
-        params = SamplingParams(temperature, top_p, self.task.max_step_tokens, self.task.step_stop)
-        out = self.policy.sample([self.prefix(s) for s in states], k, params)
-        self.charge(states, out.compute)
-        return out.steps
+    def expand(self, states: Sequence[State], k: int, temperature: float = 1.0, top_p: float = 1.0) -> list[list[Proposal]]:
+        """Up to k distinct next steps for each state (see the module docstring): one scoring call for all
+        states where the task lists actions, else sampler calls until each has k distinct steps."""
+        if self.lists_actions:
+            return self._expand_listed(states, k, temperature)
+        return self._expand_sampled(states, k, temperature, top_p)
+
+    def _expand_listed(self, states: Sequence[State], k: int, temperature: float) -> list[list[Proposal]]:
+        legal = [self.task.legal_actions(s.problem, s.steps) for s in states]
+        live = [i for i, acts in enumerate(legal) if acts]
+        out: list[list[Proposal]] = [[] for _ in states]
+        if not live:
+            return out
+        scores = self.policy.score([self.prefix(states[i]) for i in live], [legal[i] for i in live])
+        for i, lps, ntok, cost in zip(live, scores.logprobs, scores.tokens, scores.compute):
+            s, prior = states[i], softmax(lps)
+            drawn = gumbel_top_k(lps, k, self.rng, temperature)
+            for a in drawn:
+                text = self.task.observe(s.problem, s.steps, legal[i][a])
+                if text is None:
+                    raise PonderError(f"task {self.task.name!r} listed {legal[i][a]!r} as legal but cannot observe it")
+                out[i].append(Proposal(text, ntok[a], lps[a], prior[a]))
+            # the drawn actions count as generated, as the same steps sampled would; every other token the
+            # scoring pass processed (the prefix once, the actions not drawn) counts as read
+            gen = sum(ntok[a] for a in drawn)
+            self.charge([s], [replace(cost, tokens_generated=gen, tokens_read=cost.tokens_read - gen)])
+        return out
+
+    def _expand_sampled(self, states: Sequence[State], k: int, temperature: float, top_p: float) -> list[list[Proposal]]:
+        observes = self.task.observes
+        stop = self.task.action_stop if observes else self.task.step_stop
+        params = SamplingParams(temperature, top_p, self.task.max_step_tokens, stop)
+        out: list[list[Proposal]] = [[] for _ in states]
+        seen: list[set[str]] = [set() for _ in states]
+        want = list(range(len(states)))
+        for _ in range(self.distinct_rounds if temperature > 0 else 1):
+            samples = self.policy.sample([self.prefix(states[i]) for i in want], k, params)
+            self.charge([states[i] for i in want], samples.compute)
+            for i, steps in zip(want, samples.steps):
+                for step in steps:
+                    text = self._observed(states[i], step.text) if observes and step.finish == "stop" else step.text
+                    if text in seen[i] or len(out[i]) >= k:
+                        continue
+                    seen[i].add(text)
+                    out[i].append(Proposal(text, step.num_tokens, step.logprob, None, step.finish))
+            # a state whose samples are all blank has ended its trace: sampling it again finds nothing new
+            want = [i for i in want if len(out[i]) < k and any(p.text.strip() for p in out[i])]
+            if not want:
+                break
+        return out
+
+    def _observed(self, state: State, written: str) -> str:
+        """The whole step for an action the model wrote up to the action stop; an action the task cannot
+        observe is kept as written and ended, so the trace stops there with reward 0."""
+        action = written
+        for stop in self.task.action_stop or ():
+            action = action.split(stop, 1)[0]
+        if not action.strip():
+            return written
+        return self.task.observe(state.problem, state.steps, action.strip()) or action.rstrip() + self.task.step_stop[0]
+
+    def propose(self, states: Sequence[State], k: int, temperature: float = 1.0, top_p: float = 1.0) -> list[list[Proposal]]:
+        """``expand`` under its older name."""
+        return self.expand(states, k, temperature, top_p)
 
     def rollout(self, states: Sequence[State], k: int, temperature: float = 1.0, top_p: float = 1.0) -> list[list[tuple[str, ...]]]:
-        """k whole continuations of each state to the end of the trace, cut into steps (one sampler call).
+        """k whole continuations of each state to the end of the trace, cut into steps.
 
-        Steps after the trace became terminal (e.g. an illegal step, or text past the answer) are dropped.
+        Where the task lists actions, each continuation is drawn one step at a time through ``expand``
+        (one scoring call per step for every unfinished continuation, so every step is legal); where the
+        task observes sampled actions, one step at a time through the sampler; else in one sampler call
+        for the whole completion. Steps after the trace became terminal are dropped.
         """
+        if self.lists_actions or self.task.observes:
+            return self._rollout_stepwise(states, k, temperature, top_p)
         budget = self.task.max_step_tokens * max(1, self.task.max_steps - min(len(s.steps) for s in states))
         params = SamplingParams(temperature, top_p, budget, stop=())
         out = self.policy.sample([self.prefix(s) for s in states], k, params)
         self.charge(states, out.compute)
         return [[self.finish(s, self.task.split_steps(x.text)) for x in samples] for s, samples in zip(states, out.steps)]
+
+    def _rollout_stepwise(self, states: Sequence[State], k: int, temperature: float, top_p: float) -> list[list[tuple[str, ...]]]:
+        rows = [s.steps for s in states for _ in range(k)]
+        problems = [s.problem for s in states for _ in range(k)]
+        ended: set[int] = set()  # rows whose model ended the trace (a blank step or end-of-sequence)
+        for _ in range(self.task.max_steps):
+            # the continuations at one state are drawn from one expansion, without replacement where there
+            # are enough distinct steps (so the k rollouts of a fresh leaf differ where they can)
+            groups: dict[State, list[int]] = {}
+            for r, (p, steps) in enumerate(zip(problems, rows)):
+                if r not in ended and not self.is_terminal(p, steps):
+                    groups.setdefault(State(p, steps), []).append(r)
+            if not groups:
+                break
+            uniq = list(groups)
+            for s, props in zip(uniq, self.expand(uniq, max(map(len, groups.values())), temperature, top_p)):
+                for j, r in enumerate(groups[s]):
+                    p = props[j % len(props)] if props else None
+                    if p is None or not p.text.strip():
+                        ended.add(r)
+                        continue
+                    rows[r] = (*s.steps, p.text)
+                    if p.finish == "eos":
+                        ended.add(r)
+        return [[self.finish(s, rows[i * k + j][len(s.steps):]) for j in range(k)] for i, s in enumerate(states)]
 
     def finish(self, state: State, new_steps: Sequence[str]) -> tuple[str, ...]:
         """``state``'s steps plus ``new_steps`` up to the first terminal state."""
@@ -99,3 +250,45 @@ class SearchEnv:
         if self.critic is None:
             raise ValueError("this search needs a critic")
         return checked_scores(self.critic, [s.problem for s in states], [list(s.steps) for s in states])
+
+
+def step_key(step: str) -> str:
+    """The key under which sibling steps merge: lowercased, whitespace collapsed and stripped."""
+    return " ".join(step.lower().split())
+
+
+def set_priors(node: Node, per_token: bool) -> None:
+    """P(s, a) over all of ``node``'s children (again after widening): the exact action probabilities
+    renormalised over the children where the task listed the actions (``per_token`` False), else
+    softmax_a(logprob(a) / max(1, tokens(a))), so a long sampled step is not penalised for its length."""
+    if node.children:
+        z = [c.logprob / (max(1, c.tokens) if per_token else 1) for c in node.children]
+        for c, p in zip(node.children, softmax(z)):
+            c.prior = p
+
+
+def add_children(env: SearchEnv, problem: Problem, node: Node, proposals: Sequence[Proposal], room: int,
+                 merge: bool = True) -> list[Node]:
+    """Attach ``proposals`` to ``node``: the one rule every search method grows its tree by.
+
+    Blank steps (the model ended the trace) and steps already among the children (equal up to case and
+    whitespace, or exactly with ``merge=False``) are skipped; at most ``room`` children are added, each
+    with the task's terminal flag and reward (an end-of-sequence step is terminal); then every child's
+    prior is set by ``set_priors``. Returns the new children.
+    """
+    key = step_key if merge else str
+    seen = {key(c.step) for c in node.children}
+    prefix = tuple(node.steps())
+    new = []
+    for p in proposals:
+        if len(new) >= room:
+            break
+        if not p.text.strip() or key(p.text) in seen:
+            continue
+        seen.add(key(p.text))
+        trace = (*prefix, p.text)
+        terminal = p.finish == "eos" or env.is_terminal(problem, trace)
+        reward = env.reward(problem, trace) if terminal else None
+        new.append(node.add(p.text, tokens=p.num_tokens, logprob=p.logprob, terminal=terminal, reward=reward))
+    set_priors(node, per_token=not env.lists_actions)
+    return new

@@ -19,7 +19,7 @@ from typing import Literal, Sequence
 from ..config import check_literals, check_positive, option
 from ..errors import PonderError
 from ..tasks import Problem
-from .env import SearchEnv, State
+from .env import SearchEnv, State, add_children
 from .result import SearchResult
 from .tree import Node
 
@@ -111,9 +111,9 @@ class Forest:
     def grow(self, picks: Sequence[tuple[Tree, Node]]) -> dict[Node, list[Node]]:
         """Expand every picked node with one propose call and value all new children with one scoring call.
 
-        Returns each expanded node's new children. A pick whose tree has no room left is skipped before
-        sampling (its proposals would be thrown away), so no tree grows past ``max_nodes``. A step proposed
-        twice from one node is one child whose ``prior`` (its share of the k proposals) counts both.
+        Returns each expanded node's new children, attached by ``add_children`` (the rule MCTS uses too).
+        A pick whose tree has no room left is skipped before expanding (its proposals would be thrown
+        away), so no tree grows past ``max_nodes``.
         """
         room = {t: t.max_nodes - t.size for t, _ in picks}
         kept = []
@@ -123,22 +123,12 @@ class Forest:
                 room[t] -= self.cfg.k
         if not kept:
             return {}
-        proposals = self.env.propose([t.state(n) for t, n in kept], self.cfg.k, self.cfg.temperature, self.cfg.top_p)
+        proposals = self.env.expand([t.state(n) for t, n in kept], self.cfg.k, self.cfg.temperature, self.cfg.top_p)
         new: dict[Node, list[Node]] = {}
-        for (tree, node), steps in zip(kept, proposals):
+        for (tree, node), props in zip(kept, proposals):
             tree.expanded += 1
-            kids = new[node] = []
-            for step in steps:
-                child = node.child_with(step.text)
-                if child is None and not tree.full:
-                    child = node.add(step.text, tokens=step.num_tokens, logprob=step.logprob, prior=0.0)
-                    tree.size += 1
-                    trace = child.steps()
-                    child.terminal = self.env.task.is_terminal(tree.problem, trace)
-                    child.reward = self.env.task.reward(tree.problem, trace) if child.terminal else None
-                    kids.append(child)
-                if child is not None:
-                    child.prior += 1 / len(steps)
+            new[node] = add_children(self.env, tree.problem, node, props, tree.max_nodes - tree.size)
+            tree.size += len(new[node])
         self._value([(t, c) for t, n in kept for c in new[n]])
         return new
 

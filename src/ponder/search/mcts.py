@@ -7,12 +7,14 @@ every still-running tree of the batch, and each phase makes at most one model ca
    (AlphaZero's rule, as in AlphaLLM)::
 
        score(s, a) = Q(s, a) + c_puct * P(s, a) * sqrt(N(s)) / (1 + N(s, a))
-       P(s, a)     = softmax over the siblings a' of  log pi(a' | s) / max(1, |a'|)
+       P(s, a)     = softmax over the siblings a' of  log pi(a' | s)  [/ max(1, |a'|) for sampled steps]
 
-   (length-normalised, so a long step is not penalised just for having more tokens) down to an
+   (length-normalised where steps are sampled, so a long step is not penalised just for having more
+   tokens; the exact action probabilities renormalised where actions are listed) down to an
    unexpanded node, a terminal node, or a node to widen;
-2. **expand** (one ``propose`` call): k sampled next steps per leaf; siblings that are the same step
-   after normalising the text are merged, since they lead to the same state;
+2. **expand** (one ``env.expand`` call): k distinct next steps per leaf, drawn by Gumbel-top-k from
+   the exact priors over every legal action where the task lists them, else sampled; siblings that are
+   the same step after normalising the text are merged, since they lead to the same state;
 3. **evaluate** (one ``rollout`` call, one critic call): a new non-terminal child s' gets AlphaLLM's
    mix of a value estimate and fast-rollout outcomes::
 
@@ -38,7 +40,7 @@ from typing import Callable, Literal, Sequence
 from ..config import check_literals, check_positive, option
 from ..errors import PonderError
 from ..tasks import Problem
-from .env import SearchEnv, State
+from .env import SearchEnv, State, add_children
 from .result import SearchResult
 from .tree import Node
 
@@ -135,25 +137,9 @@ class _Search:
             self.verified = (steps, where)
 
 
-def normalize(step: str) -> str:
-    """The key under which near-duplicate sibling steps merge: lowercased, whitespace collapsed and stripped."""
-    return " ".join(step.lower().split())
-
-
 def puct(child: Node, parent_visits: int, c_puct: float) -> float:
     """Q(s, a) + c_puct * P(s, a) * sqrt(N(s)) / (1 + N(s, a))."""
     return child.q + c_puct * child.prior * math.sqrt(parent_visits) / (1 + child.visits)
-
-
-def set_priors(node: Node) -> None:
-    """P(s, a) = softmax_a(logprob(a) / max(1, tokens(a))) over all of ``node``'s children (again after widening)."""
-    if not node.children:
-        return
-    z = [c.logprob / max(1, c.tokens) for c in node.children]
-    top = max(z)
-    e = [math.exp(x - top) for x in z]
-    for c, x in zip(node.children, e):
-        c.prior = x / sum(e)
 
 
 def pstdev_above(xs: Sequence[float], threshold: float) -> bool:
@@ -197,40 +183,28 @@ def select(s: _Search, cfg: MCTSConfig, score: ScoreFn = puct) -> Node:
 
 
 def expand(batch: Sequence[tuple[_Search, Node]], env: SearchEnv, cfg: MCTSConfig) -> list[list[Node]]:
-    """k proposed steps for every (tree, node) in ONE propose call; returns each node's new children.
+    """k distinct next steps for every (tree, node) in ONE ``env.expand`` call; returns each node's new children.
 
-    A blank step means the model ended the trace, so a node whose proposals are all blank becomes a
-    terminal leaf; a step that ends at end-of-sequence is terminal for the same reason.
+    Children are attached by ``add_children``, the rule every search shares. A node that gets no step
+    (all blank: the model ended the trace; or no legal action) becomes a terminal leaf.
     """
     if not batch:
         return []
-    key = normalize if cfg.merge else str
     out = []
-    for (s, node), steps in zip(batch, env.propose([s.state(n) for s, n in batch], cfg.k, cfg.temperature)):
-        prefix = tuple(node.steps())
-        seen = {key(c.step) for c in node.children}
-        new = []
-        for step in steps:
-            if not step.text.strip() or key(step.text) in seen:
-                continue
-            if len(node.children) >= cfg.k_max or s.size >= cfg.max_nodes:
-                break
-            seen.add(key(step.text))
-            trace = (*prefix, step.text)
-            terminal = step.finish == "eos" or env.is_terminal(s.problem, trace)
-            reward = env.reward(s.problem, trace) if terminal else None
-            new.append(node.add(step.text, tokens=step.num_tokens, logprob=step.logprob, terminal=terminal, reward=reward))
-            s.size += 1
-            if terminal:
-                s.saw(trace, reward, "tree")
-        set_priors(node)
+    for (s, node), props in zip(batch, env.expand([s.state(n) for s, n in batch], cfg.k, cfg.temperature)):
+        room = min(cfg.k_max - len(node.children), cfg.max_nodes - s.size)
+        new = add_children(env, s.problem, node, props, room, cfg.merge)
+        s.size += len(new)
+        for c in new:
+            if c.terminal:
+                s.saw(tuple(c.steps()), c.reward, "tree")
         if new:  # a node that grew is open again, and so is every node above it
             n: Node | None = node
             while n is not None:
                 s.finished.discard(n)
                 n = n.parent
         if not node.children:
-            node.terminal, node.reward = True, env.reward(s.problem, prefix)
+            node.terminal, node.reward = True, env.reward(s.problem, tuple(node.steps()))
         elif not new:
             s.saturated.add(node)
         out.append(new)
@@ -338,10 +312,10 @@ def mcts(problems: Sequence[Problem], env: SearchEnv, cfg: MCTSConfig, score: Sc
     if cfg.rollouts == 0 and env.critic is None:
         raise PonderError("mcts with --rollouts 0 values leaves by the critic alone; give a critic or --rollouts > 0")
     weight = cfg.value_weight if env.critic is not None else 0.0
-    if cfg.seed is not None and hasattr(env.policy, "seed"):
+    if cfg.seed is not None:
         # mixed with the problem ids so a batch's search is reproducible on its own (say, after a resume)
         # without every batch replaying the same random draws
-        env.policy.seed(zlib.crc32(f"{cfg.seed}:{','.join(p.id for p in problems)}".encode()))
+        env.seed(zlib.crc32(f"{cfg.seed}:{','.join(p.id for p in problems)}".encode()))
     searches = [_Search(p, env.spent[p.id].tokens_generated if p.id in env.spent else 0) for p in problems]
     while running := [s for s in searches if s.running(env, cfg)]:
         simulate(running, env, cfg, weight, score)

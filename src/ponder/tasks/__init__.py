@@ -10,8 +10,15 @@ from .base import Problem, Split, Task
 TASKS = ("game24", "arithmetic", "gsm8k", "math500")
 
 
-def get_task(name: str, data: str | Path | None = None, **kw) -> Task:
-    """A task by name; ``data`` is the user's own problem file in the task's format."""
+def get_task(name: str, data: str | Path | None = None, free_text: bool = False, **kw) -> Task:
+    """A task by name; ``data`` is the user's own problem file in the task's format. ``free_text``: the
+    model writes every step whole (no observations, no listed actions) even where the task could."""
+    task = _make(name, data, **kw)
+    task.free_text = free_text
+    return task
+
+
+def _make(name: str, data: str | Path | None, **kw) -> Task:
     if name == "game24":
         from .game24 import Game24
 

@@ -50,6 +50,11 @@ class Task(ABC):
     #: whether ``reward`` can check a trace without the gold answer (Game of 24: yes, by arithmetic).
     #: Where it cannot, a search that reads the verifier is an oracle upper bound, not a test result.
     checkable: bool = False
+    #: an action (the part of a step the model writes) ends at one of these; the task then writes the
+    #: step's observation (``observe``). None: the task observes nothing, the model writes whole steps.
+    action_stop: tuple[str, ...] | None = None
+    #: the model writes every step whole, observations included (set per instance; see ``observes``)
+    free_text: bool = False
 
     # --- data -------------------------------------------------------------------------------------
     @abstractmethod
@@ -60,9 +65,34 @@ class Task(ABC):
         """New training problems, never one of the test split. Tasks that cannot imagine raise."""
         raise PonderError(f"task {self.name!r} cannot imagine new problems")
 
-    def bootstrap_texts(self, n: int, seed: int) -> list[str]:
-        """Synthetic training texts (prompt + steps + end) for a model trained from scratch."""
+    def bootstrap_traces(self, n: int, seed: int) -> list[tuple[Problem, list[str]]]:
+        """Synthetic (problem, steps) traces for a model trained from scratch."""
         raise PonderError(f"task {self.name!r} has no synthetic traces for bootstrapping a model")
+
+    def bootstrap_texts(self, n: int, seed: int) -> list[str]:
+        """``bootstrap_traces`` as whole texts (prompt + steps)."""
+        return [self.prompt(p) + "".join(steps) for p, steps in self.bootstrap_traces(n, seed)]
+
+    def bootstrap_segments(self, n: int, seed: int) -> list[list[tuple[str, bool]]]:
+        """Bootstrap traces as ``segments`` (observations not trained on), or whole texts, all trained on,
+        from a task that only writes texts."""
+        if type(self).bootstrap_traces is Task.bootstrap_traces:
+            return [[(t, True)] for t in self.bootstrap_texts(n, seed)]
+        return [self.segments(self.prompt(p), steps) for p, steps in self.bootstrap_traces(n, seed)]
+
+    @property
+    def can_bootstrap(self) -> bool:
+        return type(self).bootstrap_traces is not Task.bootstrap_traces or type(self).bootstrap_texts is not Task.bootstrap_texts
+
+    def segments(self, prompt: str, steps: Sequence[str]) -> list[tuple[str, bool]]:
+        """A trace as (text, trained on) pieces: where the task observes, only the model's part of each
+        step is trained on; the prompt and the observations are read, never learned. In free text every
+        token after the prompt is the model's."""
+        out = [(prompt, False)]
+        for s in steps:
+            a = self.action_of(s) if self.observes else s
+            out += [(a, True), (s[len(a):], False)] if s.startswith(a) else [(s, True)]
+        return out
 
     def parse_problem(self, text: str) -> Problem:
         """A problem typed on the command line (``ponder solve``)."""
@@ -124,6 +154,28 @@ class Task(ABC):
     def is_terminal(self, problem: Problem, steps: Sequence[str]) -> bool:
         """A trace ends when it has an answer or reaches ``max_steps``."""
         return len(steps) >= self.max_steps or self.answer(problem, steps) is not None
+
+    # --- actions and observations -------------------------------------------------------------------
+    @property
+    def observes(self) -> bool:
+        """Whether steps are action + observation: the model writes the action, the task its consequence
+        (as a tool or a calculator would). Off with ``free_text``, where the model writes everything."""
+        return self.action_stop is not None and not self.free_text
+
+    def legal_actions(self, problem: Problem, steps: Sequence[str]) -> list[str] | None:
+        """Every legal next action of this state (an empty list for a finished one), or None where the
+        task cannot list them (free text: the policy's samples are the only proposals)."""
+        return None
+
+    def observe(self, problem: Problem, steps: Sequence[str], action: str) -> str | None:
+        """The whole step for ``action`` taken in this state: the action, then the task's observation
+        (ending with the step stop string), or None if the action is not legal here or its consequence
+        cannot be computed (e.g. a division by zero)."""
+        raise PonderError(f"task {self.name!r} writes no observations")
+
+    def action_of(self, step: str) -> str:
+        """The part of a step the model wrote (with observations, the rest is the task's)."""
+        return step
 
     def first_bad_step(self, problem: Problem, steps: Sequence[str]) -> int | None:
         """Index of the first step that made a correct answer unreachable, or None if no step did:

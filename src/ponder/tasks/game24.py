@@ -1,7 +1,9 @@
 """Game of 24: combine four numbers with + - * / into 24, one operation per step.
 
-A step is one operation on two of the remaining numbers, written ``4 + 8 = 12 (left: 1 6 12)``:
-the "left" list is the untouched numbers in their current order, then the result. (That order is
+A step is one operation on two of the remaining numbers, written ``4 + 8 = 12 (left: 1 6 12)``.
+The model writes the action (``4 + 8``) and, unless ``free_text``, the task writes its observation
+(`` = 12 (left: 1 6 12)``), as a calculator would; ``legal_actions`` lists every legal operation, so a
+search can score them all. The "left" list is the untouched numbers in their current order, then the result. (That order is
 only how traces are written, so a model copies rather than sorts; any order is legal.) Arithmetic is exact (``fractions.Fraction``), so ``6 / (1 - 3/4)``
 works. The puzzles are the 1,362 of Tree of Thoughts (ranked by human solving time); train = ranks
 1-900, test = ranks 901-1000, the 100 puzzles ToT reports on. Ranks 1001-1362 belong to neither.
@@ -29,6 +31,7 @@ TARGET = Fraction(24)
 OPS = "+-*/"
 _NUM = r"-?\d+(?:\.\d+)?(?:/\d+)?"
 _STEP = re.compile(rf"^\s*({_NUM})\s+([-+*/×÷xX])\s+({_NUM})\s*=\s*({_NUM})\s*\(\s*left\s*:\s*([^)]*)\)\s*$")
+_ACTION = re.compile(rf"^\s*({_NUM})\s+([-+*/×÷xX])\s+({_NUM})\s*=?\s*$")
 _OP_ALIASES = {"×": "*", "x": "*", "X": "*", "÷": "/"}
 
 
@@ -132,10 +135,12 @@ class Game24(Task):
     max_steps = 3
     votable = False
     checkable = True
+    action_stop = ("=",)
     train_ranks = (1, 900)
     test_ranks = (901, 1000)
 
-    def __init__(self, data: str | Path | None = None):
+    def __init__(self, data: str | Path | None = None, free_text: bool = False):
+        self.free_text = free_text
         self.data = Path(data) if data else None
         self._rows = self._load(self.data)
 
@@ -190,11 +195,15 @@ class Game24(Task):
                 return nums
 
     def imagine(self, n: int, seed: int) -> list[Problem]:
-        """``n`` distinct solvable puzzles (numbers 1..13) that are not test puzzles."""
+        """``n`` distinct random puzzles (numbers 1..13) that are not test puzzles. Solvable or not: the
+        solver never picks training problems, and an unsolvable puzzle teaches the value what a lost
+        state looks like. Fewer than ``n`` only when no unused puzzle is left."""
         rng, seen, out = random.Random(seed), set(), []
-        while len(out) < n:
+        for _ in range(200 * n):
+            if len(out) == n:
+                break
             nums = self._random_puzzle(rng)
-            if nums not in seen and solve(nums) is not None:
+            if nums not in seen:
                 seen.add(nums)
                 out.append(self._problem(nums, f"game24-imagined-{'-'.join(map(str, nums))}"))
         return out
@@ -219,14 +228,14 @@ class Game24(Task):
             numbers = rest
         return steps
 
-    def bootstrap_texts(self, n: int, seed: int) -> list[str]:
-        """Random legal traces on random non-test puzzles: they teach the format and the arithmetic,
-        not the solution (about 1 in 30 happens to reach 24)."""
+    def bootstrap_traces(self, n: int, seed: int) -> list[tuple[Problem, list[str]]]:
+        """Random legal traces on random non-test puzzles: they teach the format (and, in free text, the
+        arithmetic), not the solution (about 1 in 30 happens to reach 24)."""
         rng = random.Random(seed)
         out = []
         for _ in range(n):
             nums = self._random_puzzle(rng)
-            out.append(self.prompt(self._problem(nums, "")) + "".join(self.random_trace(nums, rng)))
+            out.append((self._problem(nums, ""), self.random_trace(nums, rng)))
         return out
 
     def parse_problem(self, text: str) -> Problem:
@@ -274,6 +283,43 @@ class Game24(Task):
     def reward(self, problem: Problem, steps: Sequence[str]) -> float:
         left = replay(self.numbers(problem), steps)
         return float(left is not None and len(left) == 1 and left[0] == TARGET)
+
+    def legal_actions(self, problem: Problem, steps: Sequence[str]) -> list[str]:
+        """Every operation on two of the numbers left: ``a + b`` and ``a * b`` once per pair, ``a - b`` and
+        ``a / b`` in both orders (no division by zero); the same operation on equal numbers is listed once."""
+        numbers = replay(self.numbers(problem), steps)
+        if numbers is None or len(numbers) <= 1 or len(steps) >= self.max_steps:
+            return []
+        out: dict[str, None] = {}
+        for i, j in itertools.combinations(range(len(numbers)), 2):
+            for a, b in ((numbers[i], numbers[j]), (numbers[j], numbers[i])):
+                for op in OPS:
+                    if (op in "+*" and (a, b) != (numbers[i], numbers[j])) or (op == "/" and b == 0):
+                        continue
+                    out.setdefault(f"{fmt(a)} {op} {fmt(b)} =", None)
+        return list(out)
+
+    def observe(self, problem: Problem, steps: Sequence[str], action: str) -> str | None:
+        """``4 + 8 =`` -> ``4 + 8 = 12 (left: 1 6 12)\n`` where both operands are left; None if not."""
+        m = _ACTION.match(action)
+        numbers = replay(self.numbers(problem), steps)
+        if m is None or numbers is None:
+            return None
+        try:
+            a, b = Fraction(m.group(1)), Fraction(m.group(3))
+        except (ValueError, ZeroDivisionError):
+            return None
+        op = _OP_ALIASES.get(m.group(2), m.group(2))
+        rest = take(numbers, a, b)
+        if rest is None or apply(a, op, b) is None:
+            return None
+        return format_step(a, op, b, rest + [apply(a, op, b)])
+
+    def action_of(self, step: str) -> str:
+        """``4 + 8 = 12 (left: 1 6 12)\n`` -> ``4 + 8 =``: the model's part ends with its action stop, so
+        that no action is a prefix of another (``1 + 1 =`` and ``1 + 13 =``) and the priors sum to one."""
+        i = step.find("=")
+        return step if i < 0 else step[: i + 1]
 
     def step_is_legal(self, problem: Problem, steps: Sequence[str], step: str) -> bool:
         before = replay(self.numbers(problem), steps)

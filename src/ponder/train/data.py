@@ -105,3 +105,51 @@ def orm_label(n: Node) -> float | None:
 
 def critic_records(problem: Problem, tree: Node, label: Callable[[Node], float | None]) -> list[Record]:
     return [{"problem": problem.to_dict(), "steps": s, "labels": y} for s, y in labelled_paths(tree, label)]
+
+
+def policy_targets(problem: Problem, tree: Node, task: Task, min_visits: int = 2) -> list[Record]:
+    """One record per expanded state whose children the search visited at least ``min_visits`` times in
+    all: what the model wrote for each child's action, its visit count and Q, and the state's own value.
+    ``expert.searched_states`` turns them into improved-policy targets over every legal action."""
+    out = []
+    for node in tree:
+        kids = node.children
+        if not kids or sum(c.visits for c in kids) < min_visits:
+            continue
+        out.append({
+            "problem": problem.to_dict(), "prefix": node.steps(),
+            "actions": [task.action_of(c.step) if task.observes else c.step for c in kids],
+            "visits": [c.visits for c in kids], "q": [round(c.q, 6) for c in kids], "value": round(node.q, 6),
+        })
+    return out
+
+
+def proven_values(problem: Problem, tree: Node, task: Task) -> dict[Node, float]:
+    """States the search settled by the task's verifier alone (never a solver): 1 for a state a verified
+    trace passes through (it is won); 0 for a finished trace the verifier rejects, and for a state whose
+    every legal action the search tried, each leading to a lost state (where the task lists actions)."""
+    out: dict[Node, float] = {}
+
+    def visit(n: Node) -> float | None:
+        kids = [visit(c) for c in n.children]
+        if n.terminal and n.reward is not None:
+            v = 1.0 if n.reward >= 1 else 0.0
+        elif any(k == 1.0 for k in kids):
+            v = 1.0
+        elif n.children and all(k == 0.0 for k in kids) and not task.free_text:
+            legal = task.legal_actions(problem, n.steps())
+            v = 0.0 if legal is not None and len(n.children) >= len(legal) else None
+        else:
+            v = None
+        if v is not None:
+            out[n] = v
+        return v
+
+    visit(tree)
+    return out
+
+
+def value_label_with_proofs(problem: Problem, tree: Node, task: Task) -> Callable[[Node], float | None]:
+    """V target: the state's proven value where the search settled it (``proven_values``), else its Q."""
+    proven = proven_values(problem, tree, task)
+    return lambda n: proven.get(n, value_label(n))

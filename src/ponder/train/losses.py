@@ -59,3 +59,35 @@ def dpo_loss(
     """
     margin = beta * ((policy_chosen - ref_chosen) - (policy_rejected - ref_rejected))  # (B,)
     return -F.logsigmoid(margin).mean(), margin.detach()
+
+
+def improved_policy(logits: torch.Tensor, q: torch.Tensor, visits: torch.Tensor, value: float,
+                    c_visit: float = 50.0, c_scale: float = 0.1) -> torch.Tensor:
+    """Gumbel MuZero's improved policy at one state (Danihelka et al. 2022, eq. 11; mctx's
+    ``qtransform_completed_by_mix_value``), the target the policy learns from the search:
+
+        pi'(a) = softmax_a( logits(a) + sigma(completedQ(a)) )
+        completedQ(a) = Q(a) if N(a) > 0 else v       sigma(q) = (c_visit + max_b N(b)) * c_scale * q
+
+    logits, q, visits: (A,) over every legal action (the search policy's log-probs, the children's Q
+    and visit counts; Q and N are 0 for actions the search never tried); ``value``: the state's own
+    value estimate, which stands in for the actions never tried. Q is already in [0, 1] (a verifier
+    reward), so it is not rescaled. Returns (A,) summing to one.
+    """
+    completed = torch.where(visits > 0, q, torch.full_like(q, value))
+    sigma = (c_visit + visits.max()) * c_scale * completed
+    return torch.softmax(logits + sigma, -1)
+
+
+def policy_target_loss(logprobs: list[torch.Tensor], targets: list[torch.Tensor]) -> torch.Tensor:
+    """Cross-entropy from the policy over each state's legal actions to the search's improved policy
+    (AlphaZero's policy loss; expert iteration):
+
+        L = - (1 / |S|) sum_s sum_a pi'(a | s) log softmax_a( log pi(a | s) )
+
+    logprobs[s], targets[s]: (A_s,) per state s, the policy's summed log-probability of each action's
+    tokens and the target distribution. Renormalising over the legal actions makes the loss about the
+    choice between them, not about the text around them.
+    """
+    losses = [-(t * torch.log_softmax(lp, -1)).sum() for lp, t in zip(logprobs, targets)]
+    return torch.stack(losses).mean()

@@ -45,18 +45,39 @@ class SFTConfig:
         check_literals(self)
 
 
-def batch_tensors(tokenizer, texts: Sequence[str], max_len: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded (inputs, targets, mask), each (B, T): every text is ``<bos> text <eos>``, all tokens scored."""
-    ids = [tokenizer(t)["input_ids"][: max_len] + [tokenizer.eos_token_id] for t in texts]
+#: a training text: a string (every token trained on) or (text, trained on) segments, e.g. from
+#: ``Task.segments``, where the prompt and the task's observations are read but carry no loss
+Text = str | Sequence[tuple[str, bool]]
+
+
+def encode_text(tokenizer, text: Text) -> tuple[list[int], list[int]]:
+    """(ids, trained-on flags) of ``<bos> text <eos>``; segments are tokenized one by one, as steps are."""
+    if isinstance(text, str):
+        ids = tokenizer(text)["input_ids"]
+        return ids, [1] * len(ids)
+    ids = tokenizer("")["input_ids"]  # the tokenizer's own leading special tokens, if any
+    flags = [1] * len(ids)
+    for piece, trained in text:
+        t = tokenizer(piece, add_special_tokens=False)["input_ids"]
+        ids, flags = ids + t, flags + [int(trained)] * len(t)
+    return ids, flags
+
+
+def batch_tensors(tokenizer, texts: Sequence[Text], max_len: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded (inputs, targets, mask), each (B, T): every text is ``<bos> text <eos>``; a token is
+    scored where its text is trained on (a plain string: all of it), and ``<eos>`` always."""
+    enc = [encode_text(tokenizer, t) for t in texts]
+    ids = [x[: max_len] + [tokenizer.eos_token_id] for x, _ in enc]
+    flags = [f[: max_len] + [1] for _, f in enc]
     T = max(len(x) for x in ids) - 1
     inputs = torch.full((len(ids), T), tokenizer.pad_token_id, dtype=torch.long)
     targets = torch.zeros((len(ids), T), dtype=torch.long)
     mask = torch.zeros((len(ids), T), dtype=torch.long)
-    for i, x in enumerate(ids):
+    for i, (x, f) in enumerate(zip(ids, flags)):
         n = len(x) - 1
         inputs[i, :n] = torch.tensor(x[:-1])
         targets[i, :n] = torch.tensor(x[1:])
-        mask[i, :n] = 1
+        mask[i, :n] = torch.tensor(f[1:])  # the flag of the token predicted
     return inputs.to(device), targets.to(device), mask.to(device)
 
 
@@ -106,7 +127,7 @@ def fp32_master_weights(model) -> None:
 def train_sft(
     model,
     tokenizer,
-    texts: Callable[[int, int], Sequence[str]],
+    texts: Callable[[int, int], Sequence[Text]],
     cfg: SFTConfig,
     out: Path,
     progress: bool = True,
