@@ -90,6 +90,9 @@ class SearchEnv:
         # a search asks about the same trace several times (terminal? reward? a rollout's prefixes), and
         # a check can be costly (Game of 24 replays every step in exact arithmetic, GSM8K parses answers)
         self._verdicts: dict[Problem, dict[tuple[str, tuple[str, ...]], object]] = {}
+        # per problem, each state's legal actions with the policy's log-probs and token counts (dropped with
+        # the problem's compute); valid while the policy is not trained, which never happens mid-search
+        self._priors: dict[Problem, dict[tuple[str, ...], tuple[list[str], list[float], list[int]]]] = {}
 
     # --- bookkeeping ------------------------------------------------------------------------------
     def prompt(self, problem: Problem) -> str:
@@ -112,6 +115,7 @@ class SearchEnv:
 
     def take_compute(self, problem: Problem) -> Compute:
         self._verdicts.pop(problem, None)
+        self._priors.pop(problem, None)
         return self.spent.pop(problem.id, Compute())
 
     # --- the task's verdicts, remembered (tasks are pure functions of problem and steps) -----------
@@ -138,48 +142,71 @@ class SearchEnv:
         return self._expand_sampled(states, k, temperature, top_p)
 
     def _expand_listed(self, states: Sequence[State], k: int, temperature: float) -> list[list[Proposal]]:
-        legal = [self.task.legal_actions(s.problem, s.steps) for s in states]
-        live = [i for i, acts in enumerate(legal) if acts]
         out: list[list[Proposal]] = [[] for _ in states]
-        if not live:
-            return out
-        scores = self.policy.score([self.prefix(states[i]) for i in live], [legal[i] for i in live])
-        for i, lps, ntok, cost in zip(live, scores.logprobs, scores.tokens, scores.compute):
-            s, prior = states[i], softmax(lps)
+        fresh = self._score_actions(states)
+        for i, s in enumerate(states):
+            legal, lps, ntok = self._priors[s.problem][s.steps]
+            if not legal:
+                continue
+            prior = softmax(lps)
             drawn = gumbel_top_k(lps, k, self.rng, temperature)
             for a in drawn:
-                text = self.task.observe(s.problem, s.steps, legal[i][a])
+                text = self.task.observe(s.problem, s.steps, legal[a])
                 if text is None:
-                    raise PonderError(f"task {self.task.name!r} listed {legal[i][a]!r} as legal but cannot observe it")
+                    raise PonderError(f"task {self.task.name!r} listed {legal[a]!r} as legal but cannot observe it")
                 out[i].append(Proposal(text, ntok[a], lps[a], prior[a]))
-            # the drawn actions count as generated, as the same steps sampled would; every other token the
-            # scoring pass processed (the prefix once, the actions not drawn) counts as read
-            gen = sum(ntok[a] for a in drawn)
-            self.charge([s], [replace(cost, tokens_generated=gen, tokens_read=cost.tokens_read - gen)])
+            if i in fresh:
+                # the drawn actions count as generated, as the same steps sampled would; every other token
+                # the scoring pass processed (the prefix once, the actions not drawn) counts as read
+                cost, gen = fresh.pop(i), sum(ntok[a] for a in drawn)
+                self.charge([s], [replace(cost, tokens_generated=gen, tokens_read=cost.tokens_read - gen)])
         return out
 
+    def _score_actions(self, states: Sequence[State]) -> dict[int, Compute]:
+        """Score the legal actions of every state not scored before in this search (one call); returns the
+        cost of each newly scored state by its index. A state met again (a rollout's state that the tree
+        later expands, a leaf expanded again to widen) reuses its scores at no cost."""
+        todo: dict[State, int] = {}
+        for i, s in enumerate(states):
+            memo = self._priors.setdefault(s.problem, {})
+            if s.steps not in memo and s not in todo:
+                legal = self.task.legal_actions(s.problem, s.steps)
+                memo[s.steps] = (legal, [], [])
+                if legal:
+                    todo[s] = i
+        if not todo:
+            return {}
+        scores = self.policy.score([self.prefix(s) for s in todo], [self._priors[s.problem][s.steps][0] for s in todo])
+        for s, lps, ntok in zip(todo, scores.logprobs, scores.tokens):
+            self._priors[s.problem][s.steps] = (self._priors[s.problem][s.steps][0], lps, ntok)
+        return dict(zip(todo.values(), scores.compute))
+
     def _expand_sampled(self, states: Sequence[State], k: int, temperature: float, top_p: float) -> list[list[Proposal]]:
-        observes = self.task.observes
-        stop = self.task.action_stop if observes else self.task.step_stop
-        params = SamplingParams(temperature, top_p, self.task.max_step_tokens, stop)
         out: list[list[Proposal]] = [[] for _ in states]
         seen: list[set[str]] = [set() for _ in states]
         want = list(range(len(states)))
         for _ in range(self.distinct_rounds if temperature > 0 else 1):
-            samples = self.policy.sample([self.prefix(states[i]) for i in want], k, params)
-            self.charge([states[i] for i in want], samples.compute)
-            for i, steps in zip(want, samples.steps):
-                for step in steps:
-                    text = self._observed(states[i], step.text) if observes and step.finish == "stop" else step.text
-                    if text in seen[i] or len(out[i]) >= k:
-                        continue
-                    seen[i].add(text)
-                    out[i].append(Proposal(text, step.num_tokens, step.logprob, None, step.finish))
+            for i, props in zip(want, self._sample([states[i] for i in want], k, temperature, top_p)):
+                for p in props:
+                    if p.text not in seen[i] and len(out[i]) < k:
+                        seen[i].add(p.text)
+                        out[i].append(p)
             # a state whose samples are all blank has ended its trace: sampling it again finds nothing new
             want = [i for i in want if len(out[i]) < k and any(p.text.strip() for p in out[i])]
             if not want:
                 break
         return out
+
+    def _sample(self, states: Sequence[State], k: int, temperature: float, top_p: float) -> list[list[Proposal]]:
+        """k sampled next steps per state in one sampler call (repeats allowed); where the task observes,
+        the model writes the action and the task the rest."""
+        observes = self.task.observes
+        stop = self.task.action_stop if observes else self.task.step_stop
+        params = SamplingParams(temperature, top_p, self.task.max_step_tokens, stop)
+        samples = self.policy.sample([self.prefix(s) for s in states], k, params)
+        self.charge(states, samples.compute)
+        return [[Proposal(self._observed(s, x.text) if observes and x.finish == "stop" else x.text, x.num_tokens, x.logprob,
+                          None, x.finish) for x in steps] for s, steps in zip(states, samples.steps)]
 
     def _observed(self, state: State, written: str) -> str:
         """The whole step for an action the model wrote up to the action stop; an action the task cannot
@@ -189,29 +216,33 @@ class SearchEnv:
             action = action.split(stop, 1)[0]
         if not action.strip():
             return written
-        return self.task.observe(state.problem, state.steps, action.strip()) or action.rstrip() + self.task.step_stop[0]
+        return self.task.observe(state.problem, state.steps, written.strip()) or written.rstrip() + self.task.step_stop[0]
 
     def propose(self, states: Sequence[State], k: int, temperature: float = 1.0, top_p: float = 1.0) -> list[list[Proposal]]:
         """``expand`` under its older name."""
         return self.expand(states, k, temperature, top_p)
 
-    def rollout(self, states: Sequence[State], k: int, temperature: float = 1.0, top_p: float = 1.0) -> list[list[tuple[str, ...]]]:
+    def rollout(self, states: Sequence[State], k: int, temperature: float = 1.0, top_p: float = 1.0,
+                fast: bool = False) -> list[list[tuple[str, ...]]]:
         """k whole continuations of each state to the end of the trace, cut into steps.
 
         Where the task lists actions, each continuation is drawn one step at a time through ``expand``
-        (one scoring call per step for every unfinished continuation, so every step is legal); where the
-        task observes sampled actions, one step at a time through the sampler; else in one sampler call
-        for the whole completion. Steps after the trace became terminal are dropped.
+        (one scoring call per step for every unfinished continuation, so every step is legal), unless
+        ``fast``: then, as wherever the task observes sampled actions, one step at a time through the
+        sampler (the model writes each action, a few tokens, instead of scoring every legal one; an
+        action that is not legal ends the rollout with reward 0). Else in one sampler call for the whole
+        completion. Steps after the trace became terminal are dropped.
         """
         if self.lists_actions or self.task.observes:
-            return self._rollout_stepwise(states, k, temperature, top_p)
+            return self._rollout_stepwise(states, k, temperature, top_p, fast and self.task.observes)
         budget = self.task.max_step_tokens * max(1, self.task.max_steps - min(len(s.steps) for s in states))
         params = SamplingParams(temperature, top_p, budget, stop=())
         out = self.policy.sample([self.prefix(s) for s in states], k, params)
         self.charge(states, out.compute)
         return [[self.finish(s, self.task.split_steps(x.text)) for x in samples] for s, samples in zip(states, out.steps)]
 
-    def _rollout_stepwise(self, states: Sequence[State], k: int, temperature: float, top_p: float) -> list[list[tuple[str, ...]]]:
+    def _rollout_stepwise(self, states: Sequence[State], k: int, temperature: float, top_p: float,
+                          sampled: bool) -> list[list[tuple[str, ...]]]:
         rows = [s.steps for s in states for _ in range(k)]
         problems = [s.problem for s in states for _ in range(k)]
         ended: set[int] = set()  # rows whose model ended the trace (a blank step or end-of-sequence)
@@ -225,7 +256,9 @@ class SearchEnv:
             if not groups:
                 break
             uniq = list(groups)
-            for s, props in zip(uniq, self.expand(uniq, max(map(len, groups.values())), temperature, top_p)):
+            n = max(map(len, groups.values()))
+            step = self._sample(uniq, n, temperature, top_p) if sampled else self.expand(uniq, n, temperature, top_p)
+            for s, props in zip(uniq, step):
                 for j, r in enumerate(groups[s]):
                     p = props[j % len(props)] if props else None
                     if p is None or not p.text.strip():

@@ -65,6 +65,9 @@ class MCTSConfig:
     rollouts: int = option(
         1, "fast rollouts per new leaf, scored by the task's verifier (0 = critic only, needs value_weight 1)"
     )
+    fast_rollouts: bool = option(
+        True, "where the task lists actions, leaf rollouts sample each action (the model writes a few tokens; an "
+        "illegal one ends the rollout with reward 0) instead of scoring every legal action (exact, ~30x the tokens)")
     skip_finished: bool = option(
         False, "never re-select a finished (terminal) node or a subtree with nothing left to expand; "
         "simulations then go to open states only (off: plain PUCT, which re-selects them)"
@@ -218,7 +221,7 @@ def evaluate(batch: Sequence[tuple[_Search, Node]], env: SearchEnv, cfg: MCTSCon
     states = [s.state(n) for s, n in batch]
     outcome = [0.0] * len(batch)
     if cfg.rollouts:
-        for i, ((s, node), traces) in enumerate(zip(batch, env.rollout(states, cfg.rollouts, cfg.temperature))):
+        for i, ((s, node), traces) in enumerate(zip(batch, env.rollout(states, cfg.rollouts, cfg.temperature, fast=cfg.fast_rollouts))):
             rewards = [env.reward(s.problem, t) for t in traces]
             outcome[i] = node.scores["rollout"] = sum(rewards) / len(rewards)
             best = max(range(len(traces)), key=rewards.__getitem__)

@@ -91,7 +91,7 @@ class Task(ABC):
         out = [(prompt, False)]
         for s in steps:
             a = self.action_of(s) if self.observes else s
-            out += [(a, True), (s[len(a):], False)] if s.startswith(a) else [(s, True)]
+            out += [(a, True), (s[len(a):], False)] if s.startswith(a) and s != a else [(s, True)]
         return out
 
     def parse_problem(self, text: str) -> Problem:

@@ -1,0 +1,262 @@
+"""Steps as action + observation, exact priors over every legal action, k distinct proposals by
+Gumbel-top-k, the improved-policy targets and the expert-iteration trainer."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from fractions import Fraction
+
+import pytest
+import torch
+
+from conftest import small_tiny_model
+from ponder.errors import PonderError
+from ponder.models import HFPolicy
+from ponder.models.branches import branch_logprobs
+from ponder.models.hf import token_logprobs
+from ponder.search import Node, SearchEnv, State, get_method
+from ponder.search.env import gumbel_top_k, softmax
+from ponder.search.mcts import MCTSConfig
+from ponder.tasks import Problem, get_task
+from ponder.tasks.game24 import Game24, apply_step, replay
+from ponder.train import data
+from ponder.train.expert import ExpertConfig, searched_states, train_expert
+from ponder.train.losses import improved_policy, policy_target_loss
+from ponder.train.sft import batch_tensors
+
+TASK = Game24()
+
+
+def puzzle(*nums: int) -> Problem:
+    return Problem(id="p", question=" ".join(map(str, nums)), meta={"numbers": list(nums)})
+
+
+# --- the task's actions and observations ------------------------------------------------------------------
+
+
+def test_every_listed_action_observes_to_a_legal_step_and_nothing_is_missing():
+    p = puzzle(4, 5, 6, 10)
+    acts = TASK.legal_actions(p, [])
+    assert len(acts) == len(set(acts)) == 36  # 6 pairs x (+, *, a-b, b-a, a/b, b/a)
+    for a in acts:
+        step = TASK.observe(p, [], a)
+        assert step.startswith(a) and TASK.action_of(step) == a
+        assert apply_step(replay(TASK.numbers(p), []), step) is not None
+    # every legal operation on two of the numbers is listed, by its resulting numbers
+    listed = {tuple(sorted(replay(TASK.numbers(p), [TASK.observe(p, [], a)]))) for a in acts}
+    nums = [Fraction(x) for x in (4, 5, 6, 10)]
+    want = set()
+    for i, j in itertools.permutations(range(4), 2):
+        rest = [x for k, x in enumerate(nums) if k not in (i, j)]
+        for r in (nums[i] + nums[j], nums[i] - nums[j], nums[i] * nums[j], nums[i] / nums[j]):
+            want.add(tuple(sorted(rest + [r])))
+    assert listed == want
+
+
+def test_actions_on_equal_numbers_are_listed_once_and_zero_is_never_a_divisor():
+    p = puzzle(3, 3, 3, 3)
+    assert TASK.legal_actions(p, []) == ["3 + 3 =", "3 - 3 =", "3 * 3 =", "3 / 3 ="]  # both orders are one text
+    s1 = TASK.observe(p, [], "3 - 3 =")
+    assert s1 == "3 - 3 = 0 (left: 3 3 0)\n"
+    acts = TASK.legal_actions(p, [s1])
+    assert "3 / 0 =" not in acts and "0 / 3 =" in acts
+    assert TASK.observe(p, [s1], "3 / 0 =") is None  # the observation cannot be computed: not a step
+    assert TASK.observe(p, [], "7 + 3 =") is None  # an operand that is not there
+    assert TASK.observe(p, [], "three plus three") is None
+    assert TASK.legal_actions(p, [s1, "bad step\n"]) == []  # a dead state has no action
+
+
+def test_no_action_is_a_prefix_of_another():
+    # "1 + 1" would be a prefix of "1 + 13": the action stop keeps the priors a distribution
+    acts = TASK.legal_actions(puzzle(1, 1, 13, 2), [])
+    assert not any(a != b and b.startswith(a) for a in acts for b in acts)
+
+
+def test_segments_train_on_the_action_only():
+    steps = ["4 + 8 = 12 (left: 1 6 12)\n"]
+    assert TASK.segments("1 4 6 8\n", steps) == [("1 4 6 8\n", False), ("4 + 8 =", True), (" 12 (left: 1 6 12)\n", False)]
+    assert Game24(free_text=True).segments("1 4 6 8\n", steps) == [("1 4 6 8\n", False), (steps[0], True)]
+
+
+def test_observation_tokens_carry_no_loss():
+    _, tok = small_tiny_model()
+    seg = TASK.segments("1 4 6 8\n", ["4 + 8 = 12 (left: 1 6 12)\n"])
+    inputs, targets, mask = batch_tensors(tok, [seg], 256, "cpu")
+    scored = "".join(tok.decode([t]) for t, m in zip(targets[0].tolist(), mask[0].tolist()) if m)
+    assert scored == "4 + 8 =" + tok.eos_token  # the action and the end; never the prompt or the observation
+
+
+# --- scoring and drawing ---------------------------------------------------------------------------------
+
+
+def test_tree_attention_scores_each_continuation_as_if_alone():
+    model, tok = small_tiny_model(seed=3)
+    prefixes = [tok("4 5 6 10\n")["input_ids"], tok("1 2\n")["input_ids"]]
+    conts = [[tok(a, add_special_tokens=False)["input_ids"] for a in ("4 + 5 =", "10 - 6 =", "6 * 4 =")],
+             [tok("1 + 2 =", add_special_tokens=False)["input_ids"]]]
+    with torch.no_grad():
+        got = branch_logprobs(model, prefixes, conts, tok.pad_token_id)
+        for p, cs, g in zip(prefixes, conts, got):
+            lp = token_logprobs(model, [p + c for c in cs], tok.pad_token_id)
+            want = [float(lp[i, len(p) - 1 : len(p) - 1 + len(c)].sum()) for i, c in enumerate(cs)]
+            assert g.tolist() == pytest.approx(want, abs=1e-4)
+
+
+def test_gumbel_top_k_draws_distinct_actions_with_the_right_inclusion_probabilities():
+    logits = [math.log(p) for p in (0.5, 0.3, 0.15, 0.05)]
+    p = softmax(logits)
+    rng, n = random.Random(0), 20000
+    first = [0] * 4
+    included = [0] * 4
+    for _ in range(n):
+        draw = gumbel_top_k(logits, 2, rng)
+        assert len(set(draw)) == 2
+        first[draw[0]] += 1
+        for i in draw:
+            included[i] += 1
+    # sampling without replacement: P(i first) = p_i; P(i in the two) = p_i + sum_j p_j p_i / (1 - p_j)
+    incl = [p[i] + sum(p[j] * p[i] / (1 - p[j]) for j in range(4) if j != i) for i in range(4)]
+    for i in range(4):
+        for got, want in ((first[i] / n, p[i]), (included[i] / n, incl[i])):
+            assert abs(got - want) < 4 * math.sqrt(want * (1 - want) / n)
+    assert gumbel_top_k(logits, 3, rng, temperature=0) == [0, 1, 2]
+
+
+def test_listed_expansion_gives_k_distinct_legal_steps_with_exact_priors():
+    model, tok = small_tiny_model(seed=1)
+    env = SearchEnv(HFPolicy(model, tok), TASK)
+    assert env.lists_actions
+    p = puzzle(4, 5, 6, 10)
+    [props] = env.expand([State(p)], k=6)
+    assert len({x.text for x in props}) == 6
+    assert all(apply_step(replay(TASK.numbers(p), []), x.text) is not None for x in props)
+    # the priors are the policy's exact distribution over all 36 legal actions
+    scores = env.policy.score([env.prefix(State(p))], [TASK.legal_actions(p, [])])
+    exact = dict(zip(TASK.legal_actions(p, []), softmax(scores.logprobs[0])))
+    for x in props:
+        assert x.prior == pytest.approx(exact[TASK.action_of(x.text)])
+    c = env.take_compute(p)
+    assert c.tokens_generated == sum(x.num_tokens for x in props) and c.tokens_read > 0
+    # all of them when k is larger than the legal actions; free text samples instead
+    assert len(env.expand([State(p)], k=100)[0]) == 36
+    assert not SearchEnv(HFPolicy(model, tok), Game24(free_text=True)).lists_actions
+
+
+def test_every_search_method_takes_only_legal_steps_with_listed_actions():
+    model, tok = small_tiny_model(seed=2)
+    policy = HFPolicy(model, tok)
+    problems = TASK.problems("test")[:3]
+    for name, cfg in (("greedy", None), ("mcts", MCTSConfig(simulations=6, k=3, k_max=3, seed=0)),
+                      ("sampling", None)):
+        method = get_method(name)
+        res = method.run(problems, SearchEnv(policy, TASK), cfg or method.config())
+        for r in res:
+            for node in r.tree:
+                if node.parent is not None:
+                    assert apply_step(replay(TASK.numbers(r.problem), node.parent.steps()), node.step) is not None
+
+
+def test_a_listed_action_the_task_cannot_observe_is_a_clear_error():
+    class Broken(Game24):
+        def observe(self, problem, steps, action):
+            return None
+
+    model, tok = small_tiny_model()
+    with pytest.raises(PonderError, match="listed .* as legal but cannot observe it"):
+        SearchEnv(HFPolicy(model, tok), Broken()).expand([State(puzzle(1, 2, 3, 4))], 2)
+
+
+def test_a_state_with_no_legal_action_is_a_terminal_leaf_with_reward_0():
+    class Stuck(Game24):
+        def legal_actions(self, problem, steps):
+            return []
+
+    model, tok = small_tiny_model()
+    [r] = get_method("mcts").run([puzzle(1, 2, 3, 4)], SearchEnv(HFPolicy(model, tok), Stuck()),
+                                 MCTSConfig(simulations=2, k=2, k_max=2, seed=0))
+    assert r.tree.terminal and r.tree.reward == 0.0 and not r.tree.children
+
+
+def test_sampled_actions_are_observed_and_an_illegal_one_ends_the_trace():
+    class Writes:
+        name = "writes"
+
+        def render(self, task, problem):
+            return task.prompt(problem)
+
+        def sample(self, prefixes, k, params):
+            from ponder.compute import Compute
+            from ponder.models import Samples, Step
+
+            assert params.stop == ("=",)  # the model writes the action only
+            texts = ["4 + 8 =", "9 + 9 ="]
+            return Samples([[Step(texts[j % 2], (0,) * 7, (-1.0,), "stop") for j in range(k)] for _ in prefixes],
+                           [Compute(7 * k, 5) for _ in prefixes])
+
+    env = SearchEnv(Writes(), TASK)
+    [props] = env.expand([State(puzzle(1, 4, 6, 8))], k=2)
+    assert [x.text for x in props] == ["4 + 8 = 12 (left: 1 6 12)\n", "9 + 9 =\n"]
+    assert TASK.is_terminal(puzzle(1, 4, 6, 8), [props[1].text]) and TASK.reward(puzzle(1, 4, 6, 8), [props[1].text]) == 0
+
+
+# --- learning from every searched state ---------------------------------------------------------------------
+
+
+def test_improved_policy_sums_to_one_and_moves_mass_to_what_the_search_found():
+    logits = torch.log(torch.tensor([0.4, 0.4, 0.1, 0.1]))
+    target = improved_policy(logits, q=torch.tensor([0.0, 1.0, 0.0, 0.0]), visits=torch.tensor([3.0, 3.0, 0.0, 0.0]),
+                             value=0.5)
+    assert float(target.sum()) == pytest.approx(1.0)
+    assert target[1] > 0.9 and target[0] < target[2]  # a tried, failed action falls below an untried one
+    same = improved_policy(logits, torch.zeros(4), torch.zeros(4), 0.0)
+    assert same.tolist() == pytest.approx(torch.softmax(logits, -1).tolist())  # no search: the prior
+    loss = policy_target_loss([logits.clone().requires_grad_()], [target])
+    assert float(loss) > 0
+
+
+def test_proven_values_come_from_the_verifier_and_full_expansion_only():
+    p = puzzle(1, 1, 1, 1)  # unsolvable; every legal path fails
+    root = Node()
+    s1 = TASK.observe(p, [], "1 + 1 =")
+    n1 = root.add(s1)
+    for a in TASK.legal_actions(p, [s1]):
+        n1.add(TASK.observe(p, [s1], a))  # every action tried (none to the end yet)
+    win = puzzle(4, 6, 1, 1)
+    r2 = Node()
+    path = ["4 * 6 = 24 (left: 1 1 24)\n", "1 * 1 = 1 (left: 24 1)\n", "24 * 1 = 24 (left: 24)\n"]
+    leaf = r2.add_path(path, terminal=True, reward=1.0)
+    proven = data.proven_values(win, r2, TASK)
+    assert proven[leaf] == 1.0 and proven[r2] == 1.0 and all(proven[n] == 1.0 for n in leaf.path())
+    # children not finished: nothing is proven lost yet; once all are, the parent is
+    assert data.proven_values(p, root, TASK) == {}
+    for c in n1.children:
+        c.terminal, c.reward = True, 0.0
+    proven = data.proven_values(p, root, TASK)
+    assert proven[n1] == 0.0 and root not in proven  # the root's other actions were never tried
+
+
+def test_expert_iteration_moves_the_policy_toward_the_search_targets():
+    model, tok = small_tiny_model(seed=4)
+    policy = HFPolicy(model, tok)
+    p = puzzle(4, 5, 6, 10)
+    good = "10 - 4 ="  # what the "search" found
+    record = {"problem": p.to_dict(), "prefix": [], "actions": [good, "4 + 5 ="], "visits": [30, 2], "q": [1.0, 0.0],
+              "value": 0.3}
+    cfg = ExpertConfig(steps=30, epochs=100, batch_size=4, lr=3e-3, warmup=1, sft_batch=0)
+    [state] = searched_states(policy, TASK, [record], cfg)
+    g = state.actions.index(good)
+
+    def policy_now() -> torch.Tensor:
+        return torch.softmax(torch.tensor(policy.score([state.prefix], [state.actions]).logprobs[0]), -1)
+
+    def kl(q: torch.Tensor) -> float:
+        return float((state.target * (state.target.log() - q.log())).sum())
+
+    before = policy_now()
+    assert state.target[g] > 2 * before[g] and float(state.target.sum()) == pytest.approx(1.0)
+    info = train_expert(policy, TASK, [record] * 8, [], cfg, progress=False)
+    after = policy_now()
+    assert info["steps"] == 30 and info["policy_loss_last"] < info["policy_loss_first"]
+    assert kl(after) < 0.5 * kl(before) and after[g] > 2 * before[g]
