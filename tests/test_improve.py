@@ -366,3 +366,18 @@ def test_the_report_says_how_large_a_difference_is_noise(tmp_path):
     assert "up to 3.4 points" in note and "at 13%" in note and "about 10 points" in note
     text = write_report(tmp_path, metrics, small()).read_text()
     assert note in text and (tmp_path / "solve_rate.png").stat().st_size > 1000
+
+
+def test_no_training_signal_comes_from_the_solver(tmp_path, monkeypatch):
+    """The brute-force solver is for analysis only: the whole loop runs with it made to raise."""
+    import ponder.tasks.game24 as g
+
+    def solver(*a, **k):
+        raise AssertionError("the loop asked the brute-force solver")
+
+    monkeypatch.setattr(g, "_solve", solver)
+    monkeypatch.setattr(g, "solve", solver)
+    improve(tmp_path / "run", small(iterations=1), progress=False)
+    metrics = read_rows(tmp_path / "run" / "metrics.jsonl")
+    assert [m["iteration"] for m in metrics] == [0, 1]
+    assert read_rows(tmp_path / "run" / "iter-1" / "data" / "policy_targets.jsonl")  # it learned from its search
