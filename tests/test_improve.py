@@ -4,6 +4,7 @@ without redoing or duplicating finished searches, and refuses bad run folders an
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import yaml
@@ -381,3 +382,5 @@ def test_no_training_signal_comes_from_the_solver(tmp_path, monkeypatch):
     metrics = read_rows(tmp_path / "run" / "metrics.jsonl")
     assert [m["iteration"] for m in metrics] == [0, 1]
     assert read_rows(tmp_path / "run" / "iter-1" / "data" / "policy_targets.jsonl")  # it learned from its search
+    watch = metrics[1]["watch"]  # the step-level collapse watch over the legal actions of the first step
+    assert 0 < watch["step_entropy"] <= math.log(36) + 1e-6 and 1 <= watch["step_distinct"] <= 2

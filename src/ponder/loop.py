@@ -53,8 +53,10 @@ CRITIC_KINDS = ("value", "prm", "orm")
 
 
 def _bootstrap_defaults() -> SFTConfig:
-    """Bootstrap of the from-scratch model on random legal traces."""
-    return SFTConfig(steps=900)
+    """Bootstrap of the from-scratch model on random legal traces. With observations the model learns only
+    to write actions (the task computes their results), which 150 steps teach; free text needs ~900 to
+    learn the arithmetic as well."""
+    return SFTConfig(steps=150)
 
 
 def _sft_defaults() -> SFTConfig:
@@ -68,8 +70,8 @@ def _search_defaults() -> MCTSConfig:
 
 
 def _eval_mcts_defaults() -> MCTSConfig:
-    """MCTS at test time, stopped at a fixed token budget per problem (best-of-16's, about)."""
-    return MCTSConfig(simulations=64, token_budget=1200, k=4, k_max=6, rollouts=1, value_weight=0.5, max_nodes=256,
+    """MCTS at test time, stopped at a fixed budget of 2,000 generated tokens per problem."""
+    return MCTSConfig(simulations=64, token_budget=2000, k=4, k_max=6, rollouts=1, value_weight=0.5, max_nodes=256,
                       skip_finished=True, seed=0)
 
 
@@ -101,13 +103,13 @@ class ImproveConfig:
     data: str | None = option(None, "your own problem file for the task")
     model: str | None = option(None, "starting policy (a model folder, .gguf or smollm2); None = bootstrap the tiny model")
     iterations: int = option(3, "iterations of imagine -> search -> learn -> evaluate")
-    problems: int = option(128, "new training problems searched per iteration")
+    problems: int = option(300, "new training problems searched per iteration")
     validation: int = option(100, "held-out training-distribution problems for the collapse watch (with 100, one "
                                   "standard error of its greedy accuracy is at most 5 points)")
-    search_batch: int = option(128, "problems searched together (larger batches keep the sampler busier)")
+    search_batch: int = option(300, "problems searched together (larger batches keep the model's calls fuller)")
     free_text: bool = option(
         False, "the model writes every step whole; off: where the task can, the model writes the action and the task "
-        "its observation, and every search scores all legal actions (Game of 24, arithmetic)")
+        "its observation, and every search scores all legal actions (Game of 24; with it, give the bootstrap --set bootstrap.steps=900 to learn the arithmetic too)")
     policy_update: PolicyUpdate = option(
         "expert", "how the policy learns: expert (the search's improved policy at every searched state, plus SFT on "
         "verified traces), sft (verified traces only), sft+dpo (then step-level DPO on sibling pairs), or none")
@@ -737,7 +739,8 @@ class Improver:
             warnings.append(f"sample diversity {diversity:.2f} < {cfg.watch.min_diversity}")
         if best is not None and g.accuracy < best - cfg.watch.max_drop:
             warnings.append(f"validation accuracy {g.accuracy:.2f} fell more than {cfg.watch.max_drop} below the best {best:.2f}")
-        out = {"val_accuracy": g.accuracy, "diversity": round(diversity, 4), "entropy": round(entropy, 4), "warnings": warnings}
+        out = {"val_accuracy": g.accuracy, "diversity": round(diversity, 4), "entropy": round(entropy, 4),
+               **self.step_watch(env), "warnings": warnings}
         for w in warnings:
             say(f"collapse watch, iteration {i}: {w}")
         if warnings and cfg.watch.rollback and prev:
@@ -746,6 +749,28 @@ class Improver:
             out["next_policy"] = self.policy_path(best_i)
             say(f"collapse watch: iteration {i + 1} starts from iteration {best_i}'s policy")
         return out
+
+    def step_watch(self, env) -> dict:
+        """The collapse watch at the step level, where the task lists actions: at each validation problem's
+        first step, the entropy of the policy over the legal actions (nats) and the distinct actions among
+        ``watch.samples`` drawn from it with replacement. A policy narrowing onto few moves shows both
+        falling, even while whole traces stay diverse."""
+        from .search import State
+        from .search.env import softmax
+
+        if not env.lists_actions:
+            return {}
+        rng = random.Random(self.cfg.seed)
+        ent, distinct = [], []
+        for legal, lps, _ in env.priors([State(p) for p in self.val]):
+            if legal:
+                probs = softmax(lps)
+                ent.append(-sum(x * math.log(x) for x in probs if x > 0))
+                distinct.append(len(set(rng.choices(range(len(legal)), probs, k=self.cfg.watch.samples))))
+        for pr in self.val:
+            env.take_compute(pr)
+        return {"step_entropy": round(sum(ent) / max(1, len(ent)), 4),
+                "step_distinct": round(sum(distinct) / max(1, len(distinct)), 3)}
 
     def record(self, i: int) -> None:
         """Append iteration i's metrics line (once) and rewrite the report."""

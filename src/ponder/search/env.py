@@ -162,6 +162,13 @@ class SearchEnv:
                 self.charge([s], [replace(cost, tokens_generated=gen, tokens_read=cost.tokens_read - gen)])
         return out
 
+    def priors(self, states: Sequence[State]) -> list[tuple[list[str], list[float], list[int]]]:
+        """(legal actions, the policy's log-probs, their token counts) of each state, in one scoring call for
+        those not scored yet."""
+        fresh = self._score_actions(states)
+        self.charge([states[i] for i in fresh], list(fresh.values()))
+        return [self._priors[s.problem][s.steps] for s in states]
+
     def _score_actions(self, states: Sequence[State]) -> dict[int, Compute]:
         """Score the legal actions of every state not scored before in this search (one call); returns the
         cost of each newly scored state by its index. A state met again (a rollout's state that the tree

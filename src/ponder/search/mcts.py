@@ -66,8 +66,10 @@ class MCTSConfig:
         1, "fast rollouts per new leaf, scored by the task's verifier (0 = critic only, needs value_weight 1)"
     )
     fast_rollouts: bool = option(
-        True, "where the task lists actions, leaf rollouts sample each action (the model writes a few tokens; an "
-        "illegal one ends the rollout with reward 0) instead of scoring every legal action (exact, ~30x the tokens)")
+        False, "where the task lists actions, leaf rollouts sample each action (the model writes a few tokens; an "
+        "illegal one ends the rollout with reward 0) instead of drawing it from the exact priors over every legal "
+        "action; measured on Game of 24 (100 test puzzles, 32 simulations): 47% in 65 s sampled, 51% in 40 s exact, "
+        "since the exact priors of a rollout's states are reused when the tree expands them")
     skip_finished: bool = option(
         False, "never re-select a finished (terminal) node or a subtree with nothing left to expand; "
         "simulations then go to open states only (off: plain PUCT, which re-selects them)"

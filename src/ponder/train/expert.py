@@ -90,11 +90,16 @@ def train_expert(policy, task: Task, records: Sequence[dict], sft_texts: Sequenc
     from tqdm import tqdm
 
     t0 = time.time()
+    rng = random.Random(cfg.seed)
+    # only the states the steps can use about ``epochs`` times each are scored for their targets: scoring
+    # every legal action of every searched state costs about one training epoch's forward passes
+    cap, searched = math.ceil(cfg.steps * cfg.batch_size / cfg.epochs), len(records)
+    if len(records) > cap:
+        records = rng.sample(list(records), cap)
     states = searched_states(policy, task, records, cfg)
     if not states:
         raise PonderError("expert iteration: no searched state to learn from")
     model, tok = policy.model, policy.tokenizer
-    rng = random.Random(cfg.seed)
     steps = max(1, min(cfg.steps, math.ceil(cfg.epochs * len(states) / cfg.batch_size)))
     sched = _Schedule(cfg.lr, min(cfg.warmup, max(1, steps // 5)), steps)
     fp32_master_weights(model)
@@ -126,7 +131,10 @@ def train_expert(policy, task: Task, records: Sequence[dict], sft_texts: Sequenc
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
-        row = {"step": step, "policy_loss": round(pol.item(), 5), "sft_loss": None if sft is None else round(sft.item(), 5)}
+        # the cross-entropy less the targets' own entropy: KL(target || policy), 0 once the policy is the target
+        kl = pol.item() - float(torch.stack([-(s.target * s.target.clamp(min=1e-12).log()).sum() for s in batch]).mean())
+        row = {"step": step, "policy_loss": round(pol.item(), 5), "policy_kl": round(kl, 5),
+               "sft_loss": None if sft is None else round(sft.item(), 5)}
         first, last = first or row, row
         if log:
             log.write(json.dumps(row) + "\n")
@@ -135,8 +143,9 @@ def train_expert(policy, task: Task, records: Sequence[dict], sft_texts: Sequenc
     if log:
         log.close()
     model.eval()
-    return {"states": len(states), "steps": steps, "policy_loss_first": first["policy_loss"],
-            "policy_loss_last": last["policy_loss"], "sft_loss_last": last["sft_loss"],
+    return {"searched_states": searched, "states": len(states), "steps": steps, "policy_loss_first": first["policy_loss"],
+            "policy_loss_last": last["policy_loss"], "policy_kl_first": first["policy_kl"],
+            "policy_kl_last": last["policy_kl"], "sft_loss_last": last["sft_loss"],
             "seconds": round(time.time() - t0, 1)}
 
 
