@@ -99,8 +99,8 @@ def test_improve_on_ray_workers_swaps_in_each_iterations_policy_and_critics(loca
     test = task.problems("test")[:2]
     _, local = run_eval(task, load_policy(phases["policy"]), "greedy", get_method("greedy").config(), test, None,
                         progress=False)
-    got = read_rows(root / "iter-2" / "eval-greedy.jsonl")
-    assert [r["steps"] for r in got] == [r["steps"] for r in local]
+    got = {r["problem_id"]: r["steps"] for r in read_rows(root / "iter-2" / "eval-greedy.jsonl")}
+    assert got == {r["problem_id"]: r["steps"] for r in local}  # two workers may finish in either order
     table = (root / "ray-workers.md").read_text()
     assert table.startswith("| worker |") and len(table.strip().splitlines()) == 4  # header, rule, 2 workers
 

@@ -419,6 +419,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # our own bars are enough; transformers' loading bars are noise
     try:
         args = build_parser().parse_args(argv)
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # the env variable above covers the hub's bars, not the loading bars
         {"train": cmd_train, "solve": cmd_solve, "eval": cmd_eval, "improve": cmd_improve, "view": cmd_view,
          "credit": cmd_credit, "train-policy": cmd_train_policy}[args.command](args)
     except PonderError as e:
