@@ -144,8 +144,14 @@ def main() -> None:
     task = get_task("game24")
     problems = task.problems("test")[: args.limit]
     iters = sorted(int(p.name.split("-")[1]) for p in args.run.glob("iter-*") if (p / "phases.json").exists())
-    rows = [ladder_row(args.run, i, task, problems, args.seed) for i in iters
-            if "policy" in json.loads((args.run / f"iter-{i}" / "phases.json").read_text())]
+    rows = []
+    with (args.run / "ladder.jsonl").open("w") as fh:  # row by row: a long ladder keeps what it measured
+        for i in iters:
+            if "policy" in json.loads((args.run / f"iter-{i}" / "phases.json").read_text()):
+                rows.append(ladder_row(args.run, i, task, problems, args.seed))
+                fh.write(json.dumps(rows[-1]) + "\n")
+                fh.flush()
+                print(json.dumps(rows[-1]), flush=True)
     if args.floors:
         policy = load_policy(json.loads((args.run / "iter-0" / "phases.json").read_text())["policy"], device="cpu")
         for name, critic in (("random", Random(args.seed)), ("exact", Exact(task))):
@@ -159,7 +165,6 @@ def main() -> None:
     for r in rows:
         print("| " + " | ".join("-" if r.get(c) is None else f"{r[c]:.2f}" if isinstance(r[c], float) else str(r[c])
                                 for c in cols) + " |")
-    (args.run / "ladder.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
 if __name__ == "__main__":
