@@ -31,6 +31,8 @@ import sys
 from datetime import date
 from pathlib import Path
 
+import torch
+
 from ponder.critics.scalar import ScalarCritic
 from ponder.io import read_rows
 from ponder.models import SamplingParams, load_policy
@@ -38,6 +40,7 @@ from ponder.search import SearchEnv, State, get_method
 from ponder.search.beam import BeamConfig
 from ponder.tasks import get_task
 from ponder.tasks.game24 import apply_step, replay
+from ponder.train.critic import auc
 
 
 class Exact:
@@ -60,15 +63,6 @@ class Random:
 
     def score(self, problems, steps):
         return [self.rng.random() for _ in problems]
-
-
-def auc(labels: list[int], scores: list[float]) -> float | None:
-    pos = [s for y, s in zip(labels, scores) if y]
-    neg = [s for y, s in zip(labels, scores) if not y]
-    if not pos or not neg:
-        return None
-    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
-    return wins / (len(pos) * len(neg))
 
 
 def solve_rate(task, policy, critic, problems, width: int, k: int, free_text: bool = False) -> float:
@@ -122,7 +116,7 @@ def ladder_row(run: Path, i: int, task, problems, seed: int) -> dict:
         critic = ScalarCritic.load(value_dir, task, device="cpu")
         states = [(p, [task.observe(p, [], a)]) for p in problems for a in task.legal_actions(p, [])]
         scores = critic.score([p for p, _ in states], [s for _, s in states])
-        row["value_auc_one_step"] = auc([int(task.can_reach(p, s)) for p, s in states], scores)
+        row["value_auc_one_step"] = auc(torch.tensor(scores), torch.tensor([task.can_reach(p, s) for p, s in states]))
         for w in (1, 5):
             row[f"value_beam_w{w}"] = solve_rate(task, policy, critic, problems, w, 64)
     for name, method in (("search_yield", "search.jsonl"),):

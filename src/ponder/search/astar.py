@@ -5,7 +5,7 @@ Each problem keeps a priority queue of partial traces ordered by f = g + h (high
 g = ``g_weight`` * the accumulated path utility (the sum of the step log-probs, or 0), and
 h = ``h_weight`` * the critic's (or rollouts') estimate of the best value reachable from the state.
 Each round pops the ``pop_per_round`` best nodes of every problem and expands them all with one
-batched propose and one batched score. A problem stops when it pops a verified terminal (with
+batched expand and one batched score. A problem stops when it pops a verified terminal (with
 ``prefer_verified``; an unverified terminal is a dead end and is skipped) or, without it, the first
 terminal at all: classic A*, which is optimal when h never underestimates what a state can still
 reach, since log-probs only lower g. Otherwise it stops at ``max_expansions`` or ``max_nodes`` and

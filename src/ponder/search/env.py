@@ -216,18 +216,12 @@ class SearchEnv:
                           None, x.finish) for x in steps] for s, steps in zip(states, samples.steps)]
 
     def _observed(self, state: State, written: str) -> str:
-        """The whole step for an action the model wrote up to the action stop; an action the task cannot
-        observe is kept as written and ended, so the trace stops there with reward 0."""
-        action = written
-        for stop in self.task.action_stop or ():
-            action = action.split(stop, 1)[0]
-        if not action.strip():
+        """The whole step for an action the model wrote up to the action stop; a blank one stays blank (the
+        model ended the trace), and one the task cannot observe is kept as written and ended, so the trace
+        stops there with reward 0."""
+        if not written.strip():
             return written
         return self.task.observe(state.problem, state.steps, written.strip()) or written.rstrip() + self.task.step_stop[0]
-
-    def propose(self, states: Sequence[State], k: int, temperature: float = 1.0, top_p: float = 1.0) -> list[list[Proposal]]:
-        """``expand`` under its older name."""
-        return self.expand(states, k, temperature, top_p)
 
     def rollout(self, states: Sequence[State], k: int, temperature: float = 1.0, top_p: float = 1.0,
                 fast: bool = False) -> list[list[tuple[str, ...]]]:

@@ -2,7 +2,7 @@
 
 Beam search, DVTS, Tree-of-Thoughts BFS/DFS and A* differ only in which nodes they pick to expand and
 when they stop. ``Forest.grow`` does the rest for all of them: every round, the nodes picked in every
-tree of the batch are expanded by ONE ``env.propose`` call and every new node is valued by ONE
+tree of the batch are expanded by ONE ``env.expand`` call and every new node is valued by ONE
 scoring call (critic or rollouts), never one call per node or per problem.
 
 A node's rank is (value, mean log-prob per token of its trace), the value being the critic's score
@@ -109,7 +109,7 @@ class Forest:
 
     # --- growth -----------------------------------------------------------------------------------
     def grow(self, picks: Sequence[tuple[Tree, Node]]) -> dict[Node, list[Node]]:
-        """Expand every picked node with one propose call and value all new children with one scoring call.
+        """Expand every picked node with one expand call and value all new children with one scoring call.
 
         Returns each expanded node's new children, attached by ``add_children`` (the rule MCTS uses too).
         A pick whose tree has no room left is skipped before expanding (its proposals would be thrown

@@ -272,7 +272,7 @@ def pick_leaves(s: _Search, cfg: MCTSConfig, score: ScoreFn) -> list[Node]:
 
 
 def simulate(searches: Sequence[_Search], env: SearchEnv, cfg: MCTSConfig, weight: float, score: ScoreFn) -> None:
-    """One round: ``parallel`` simulations in each tree (select; expand in one propose call; evaluate in one
+    """One round: ``parallel`` simulations in each tree (select; expand in one expand call; evaluate in one
     rollout + one critic call; back up)."""
     leaves = [(s, leaf) for s in searches for leaf in pick_leaves(s, cfg, score)]
     growing = [(s, n) for s, n in leaves if not n.terminal]

@@ -17,7 +17,7 @@ import json
 import math
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -101,7 +101,7 @@ def train_expert(policy, task: Task, records: Sequence[dict], sft_texts: Sequenc
         raise PonderError("expert iteration: no searched state to learn from")
     model, tok = policy.model, policy.tokenizer
     steps = max(1, min(cfg.steps, math.ceil(cfg.epochs * len(states) / cfg.batch_size)))
-    sched = _Schedule(cfg.lr, min(cfg.warmup, max(1, steps // 5)), steps)
+    sched = replace(cfg, steps=steps, warmup=min(cfg.warmup, max(1, steps // 5)))  # what lr_at reads
     fp32_master_weights(model)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -147,12 +147,3 @@ def train_expert(policy, task: Task, records: Sequence[dict], sft_texts: Sequenc
             "policy_loss_last": last["policy_loss"], "policy_kl_first": first["policy_kl"],
             "policy_kl_last": last["policy_kl"], "sft_loss_last": last["sft_loss"],
             "seconds": round(time.time() - t0, 1)}
-
-
-@dataclass
-class _Schedule:
-    """What ``lr_at`` reads: warm-up, then cosine decay over ``steps``."""
-
-    lr: float
-    warmup: int
-    steps: int
