@@ -242,3 +242,13 @@ def test_train_bad_options(tmp_path, capsys):
     assert main(["train", "--out", str(tmp_path / "m"), "--precision", "fp8"]) == 2
     assert "--precision" in one_error_line(capsys)
     assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("command", ["train", "solve", "eval", "improve", "train-policy", "view", "credit"])
+def test_every_command_prints_its_help(command, capsys):
+    # argparse %-formats help text, so one option's help with a bare "%" crashed `ponder eval --help`
+    with pytest.raises(SystemExit) as e:
+        main([command, "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: ponder " + command) and "--" in out

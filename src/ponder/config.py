@@ -71,7 +71,8 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, skip: set[str] |
             dest=f"cfg_{f.name}",
             type=_parse_scalar(kind),
             default=None,
-            help=f"{f.metadata.get('help', '')} (default: {f.default})",
+            # argparse %-formats help text: a literal % (say, "51% measured") must be doubled
+            help=f"{f.metadata.get('help', '')} (default: {f.default})".replace("%", "%%"),
             **extra,
         )
     return {f.name for f in fields}
