@@ -65,13 +65,20 @@ def _sft_defaults() -> SFTConfig:
 
 
 def _search_defaults() -> MCTSConfig:
-    """MCTS over the imagined training problems."""
-    return MCTSConfig(simulations=24, k=4, k_max=6, rollouts=1, value_weight=0.5, max_nodes=128, skip_finished=True, seed=0)
+    """MCTS over the imagined training problems. Wide (k = 8, widened to 16): on Game of 24 a state has
+    up to 36 legal actions, and at k = 4 (widened to 6) the bootstrap policy's search solved 33-36% of
+    its training puzzles, against 78% at k = 8 (held-out training puzzles, ranks 801-900)."""
+    return MCTSConfig(simulations=64, k=8, k_max=16, rollouts=1, value_weight=0.5, max_nodes=512, skip_finished=True,
+                      seed=0)
 
 
 def _eval_mcts_defaults() -> MCTSConfig:
-    """MCTS at test time, stopped at a fixed budget of 2,000 generated tokens per problem."""
-    return MCTSConfig(simulations=64, token_budget=2000, k=4, k_max=6, rollouts=1, value_weight=0.5, max_nodes=256,
+    """MCTS at test time, stopped at a fixed budget of 2,000 generated tokens per problem. The width was
+    chosen on held-out training puzzles (ranks 801-900), never on the test split: with the bootstrap
+    policy and rollouts alone, 64 simulations at k = 4 solved 40% of them, at k = 6 62% (a k = 6 tree
+    is exhausted after 216 leaves), and 300 simulations at k = 8 widened to 16 92% (1,263 generated
+    tokens per puzzle)."""
+    return MCTSConfig(simulations=300, token_budget=2000, k=8, k_max=16, rollouts=1, value_weight=0.5, max_nodes=2048,
                       skip_finished=True, seed=0)
 
 
