@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -98,6 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="model folder to write")
     t.add_argument("--init", help="start from this model folder instead of a fresh tiny model")
     t.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    t.add_argument("--report-to", default="none", metavar="{none,tensorboard,mlflow,trackio}",
+                   help="log the loss curve, offline, to tensorboard (events in OUT.tracking/tb), mlflow (a local file "
+                        "store, OUT.tracking/mlruns) or trackio (its local store); OUT.tracking is rewritten by each "
+                        "train to OUT (default: none)")
     add_config_args(t, SFTConfig)
     add_config_args(t, TinyConfig)
 
@@ -176,9 +181,11 @@ def cmd_train(args) -> None:
     from .train import SFTConfig, train_sft
 
     from .io import check_out_dir
+    from .tracking import get_tracker, require
 
     task = get_task(args.task, args.data, args.free_text)
     cfg = config_from(SFTConfig, args)
+    require(args.report_to)
     check_out_dir(Path(args.out).parent, f"--out {args.out}")
     if args.init:
         from .models import load_policy
@@ -192,8 +199,17 @@ def cmd_train(args) -> None:
         model, tok = tiny_model(config_from(TinyConfig, args), seed=cfg.seed, device=args.device)
     print(f"training {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters on {task.name} synthetic traces, "
           f"{cfg.steps} steps x {cfg.batch_size} (torch threads: {torch.get_num_threads()})")
-    losses = train_sft(model, tok, lambda n, step: task.bootstrap_segments(n, cfg.seed * 1_000_003 + step), cfg, Path(args.out))
-    print(f"final loss {losses[-1]:.4f}; model written to {args.out} (loss curve: {args.out}/loss.png)")
+    tracking = Path(f"{args.out}.tracking")  # beside the model folder, which each checkpoint replaces whole
+    if args.report_to != "none":
+        shutil.rmtree(tracking, ignore_errors=True)  # like OUT.losses.jsonl: one train's curve, not a pile of them
+    tracker = get_tracker(args.report_to, tracking, Path(args.out).name)
+    try:
+        losses = train_sft(model, tok, lambda n, step: task.bootstrap_segments(n, cfg.seed * 1_000_003 + step), cfg,
+                           Path(args.out), tracker=tracker.under("train"))
+    finally:
+        tracker.close()
+    where = f"; {args.report_to}: {tracking}" if args.report_to != "none" else ""
+    print(f"final loss {losses[-1]:.4f}; model written to {args.out} (loss curve: {args.out}/loss.png{where})")
 
 
 def _setup(args):

@@ -46,6 +46,7 @@ from .train.dpo import DPOConfig
 from .train.expert import ExpertConfig
 from .train.parallel import is_main_process
 from .train.sft import SFTConfig
+from .tracking import HELP as REPORT_TO_HELP, ReportTo, Tracker, get_tracker, require
 
 PolicyUpdate = Literal["expert", "sft", "sft+dpo", "none"]
 TrainFrom = Literal["previous", "initial"]
@@ -143,6 +144,7 @@ class ImproveConfig:
     eval_methods: tuple[str, ...] = option(("greedy", "best-of-n", "mcts"), "decoding methods evaluated each iteration")
     eval_batch: int = option(100, "problems evaluated together")
     device: str | None = option(None, "torch device (default: cuda if available)")
+    report_to: ReportTo = option("none", REPORT_TO_HELP)
     seed: int = option(0, "seed of everything: added to the seed of every option group (bootstrap, sft, search, ...)")
     tiny: TinyConfig = nested(TinyConfig)
     bootstrap: SFTConfig = nested(_bootstrap_defaults)
@@ -313,6 +315,7 @@ class Improver:
         self.ray, self.workers = ray, workers
         self.pool = None  # Ray actors for search and evaluation, started on first use
         self.launcher = launcher  # e.g. "accelerate launch --multi_gpu --num_processes 8": trains the policy
+        self.tracker = Tracker()  # logs nothing until run_all (or a launched trainer) opens --report-to's backend
 
     # --- models -----------------------------------------------------------------------------------
     def policy(self, spec: str):
@@ -397,7 +400,7 @@ class Improver:
                 t0 = time.time()
                 seed = cfg.bootstrap.seed
                 train_sft(model, tok, lambda n, step: self.task.bootstrap_segments(n, seed * 1_000_003 + step),
-                          cfg.bootstrap, out, progress=self.progress)
+                          cfg.bootstrap, out, progress=self.progress, tracker=self.tracker.under("bootstrap"))
                 run.mark(0, "policy", str(out))
                 run.mark(0, "bootstrap", {"seconds": round(time.time() - t0, 1)})
         self.evaluate_and_watch(0)
@@ -539,7 +542,8 @@ class Improver:
                 say(f"iteration {i}: SFT on {len(texts)} verified traces ({steps} steps)")
                 t0 = time.time()
                 try:
-                    losses = train_sft(policy.model, policy.tokenizer, batch, sft_cfg, it / "policy-sft", progress=self.progress)
+                    losses = train_sft(policy.model, policy.tokenizer, batch, sft_cfg, it / "policy-sft", progress=self.progress,
+                                       tracker=self.tracker.under(f"sft/iter-{i}"))
                 except PonderError as e:  # a NaN loss: this iteration's policy stays the one it started from
                     say(f"iteration {i}: {e}; the policy stays {start}")
                     if is_main_process():
@@ -563,7 +567,8 @@ class Improver:
                 t0 = time.time()
                 before = {k: v.detach().clone() for k, v in policy.model.state_dict().items()}
                 try:
-                    info["dpo"] = {**train_dpo(policy, self.task, pairs, cfg.dpo, it / "dpo.losses.jsonl", self.progress),
+                    info["dpo"] = {**train_dpo(policy, self.task, pairs, cfg.dpo, it / "dpo.losses.jsonl", self.progress,
+                                               self.tracker.under(f"dpo/iter-{i}")),
                                    "seconds": round(time.time() - t0, 1)}
                 except PonderError as e:  # a NaN: back to the weights before DPO, say so, go on
                     say(f"iteration {i}: {e}; the policy stays as before DPO")
@@ -585,7 +590,7 @@ class Improver:
         with lora_adapters(policy, cfg.lora_r):
             try:
                 info["expert"] = train_expert(policy, self.task, targets, texts, replace(cfg.expert, seed=cfg.expert.seed + i),
-                                              it / "expert.losses.jsonl", self.progress)
+                                              it / "expert.losses.jsonl", self.progress, self.tracker.under(f"expert/iter-{i}"))
             except PonderError as e:  # a NaN loss: this iteration's policy stays the one it started from
                 say(f"iteration {i}: {e}; the policy stays {info['from']}")
                 write_text(it / "policy-train.json", json.dumps({"expert": {"error": str(e)}}, indent=2))
@@ -637,7 +642,7 @@ class Improver:
             t0 = time.time()
             try:
                 metrics = train_critic(critic, records, replace(cfg.critic, seed=cfg.critic.seed + i),
-                                       it / "critics.losses.jsonl", self.progress)
+                                       it / "critics.losses.jsonl", self.progress, self.tracker.under(f"{kind}_critic/iter-{i}"))
             except PonderError as e:
                 say(f"iteration {i}: {e}; the {kind} critic stays as it was")
                 out[kind] = {"error": str(e)}
@@ -780,10 +785,12 @@ class Improver:
                 "step_distinct": round(sum(distinct) / max(1, len(distinct)), 3)}
 
     def record(self, i: int) -> None:
-        """Append iteration i's metrics line (once) and rewrite the report."""
+        """Append iteration i's metrics line (once) and rewrite the report; the tracker gets the line and the
+        report's plots at step i, once too (a resumed run does not log a recorded iteration again)."""
         from .report.run_report import write_report
 
-        if not any(m["iteration"] == i for m in self.run.metrics()):
+        new = not any(m["iteration"] == i for m in self.run.metrics())
+        if new:
             ph = self.run.phases(i)
             line = {"iteration": i, "policy": ph.get("policy"), "eval": ph.get("eval", {}), "watch": ph.get("watch", {}),
                     "search": ph.get("search"), "data": ph.get("extract"), "critics": ph.get("critics")}
@@ -792,14 +799,20 @@ class Improver:
                 line["policy_train"] = json.loads(train.read_text())
             with (self.run.root / "metrics.jsonl").open("a") as fh:
                 fh.write(json.dumps(line) + "\n")
+            self.tracker.log({k: v for k, v in line.items() if k != "iteration"}, i)
         write_report(self.run.root, self.run.metrics(), self.cfg)
+        if new:
+            for png in sorted(self.run.root.glob("*.png")):
+                self.tracker.log_image(f"report/{png.stem}", png, i)
 
     def run_all(self) -> None:
+        self.tracker = get_tracker(self.cfg.report_to, self.run.root)
         try:
             self.iteration0()
             for i in range(1, self.cfg.iterations + 1):
                 self.iteration(i)
         finally:
+            self.tracker.close()
             if self.pool is not None:
                 table = self.pool.report()
                 say(f"Ray: {len(self.pool.stats)} workers over the whole run (busy seconds summed per worker)\n{table}")
@@ -822,6 +835,8 @@ def improve(
     from .lock import hold
 
     root = Path(out)
+    if cfg is not None:
+        require(cfg.report_to)  # a missing tensorboard is said before the run folder is made
     if resume and not (root / "config.yaml").exists():
         raise PonderError(f"nothing to resume: {root / 'config.yaml'} not found")
     check_out_dir(root, "the run folder")  # created (new run) and writable, before any model is loaded
@@ -844,6 +859,11 @@ def train_policy_phase(root: str | Path, i: int, progress: bool = True) -> None:
     if "extract" not in run.phases(i):
         raise PonderError(f"{run.it(i)}: no extracted training data yet (phase 'extract' not done)")
     imp = Improver(run, progress and is_main_process())
-    path = imp.train_policy(i, imp.start_policy(i))
+    if is_main_process():  # the launched processes' loss curves too, from rank 0
+        imp.tracker = get_tracker(run.cfg.report_to, run.root)
+    try:
+        path = imp.train_policy(i, imp.start_policy(i))
+    finally:
+        imp.tracker.close()
     if is_main_process():
         run.mark(i, "policy", path)

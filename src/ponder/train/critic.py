@@ -154,8 +154,10 @@ def prior_shift(train: Sequence[dict], positive: Sequence[dict], balance: float)
     return _logit(m_bal) - _logit(m)
 
 
-def train_critic(critic, records: Sequence[dict], cfg: CriticConfig, log: Path | None = None, progress: bool = True) -> dict:
-    """Fit ``critic`` (a ``ScalarCritic``) to ``records``; returns train and held-out metrics.
+def train_critic(critic, records: Sequence[dict], cfg: CriticConfig, log: Path | None = None, progress: bool = True,
+                 tracker=None) -> dict:
+    """Fit ``critic`` (a ``ScalarCritic``) to ``records``; returns train and held-out metrics. ``tracker``
+    (a ``tracking.Tracker``) gets each step's ``loss``.
 
     A NaN or infinite loss stops training with a ``PonderError`` before the critic is saved.
     """
@@ -202,6 +204,8 @@ def train_critic(critic, records: Sequence[dict], cfg: CriticConfig, log: Path |
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
             if fh:
                 fh.write(json.dumps({"critic": critic.kind, "step": step, "loss": round(losses[-1], 6)}) + "\n")
+            if tracker is not None:
+                tracker.log({"loss": losses[-1]}, step)
     finally:
         bar.close()
         if fh:

@@ -72,9 +72,10 @@ def step_logps(model, encode, problems: Sequence[Problem], prefixes: Sequence[Se
 
 
 def train_dpo(policy, task: Task, pairs: Sequence[dict], cfg: DPOConfig, log: Path | None = None,
-              progress: bool = True) -> dict:
+              progress: bool = True, tracker=None) -> dict:
     """Update ``policy.model`` in place on step pairs; returns metrics (loss, reward accuracy and
-    margin before and after). A NaN loss stops with a ``PonderError`` (the caller keeps its last
+    margin before and after); ``tracker`` (a ``tracking.Tracker``) gets each step's ``loss`` and
+    ``reward_acc``. A NaN loss stops with a ``PonderError`` (the caller keeps its last
     good checkpoint, since nothing is saved here)."""
     from tqdm import tqdm
 
@@ -137,6 +138,8 @@ def train_dpo(policy, task: Task, pairs: Sequence[dict], cfg: DPOConfig, log: Pa
                 bar.set_postfix(loss=f"{losses[-1]:.4f}", acc=f"{accs[-1]:.2f}")
                 if fh:
                     fh.write(json.dumps({"epoch": epoch, "loss": round(losses[-1], 6), "reward_acc": round(accs[-1], 4)}) + "\n")
+                if tracker is not None and par.main:
+                    tracker.log({"loss": losses[-1], "reward_acc": accs[-1]}, len(losses) - 1)
     finally:
         bar.close()
         model.eval()

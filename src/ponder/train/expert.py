@@ -84,9 +84,10 @@ def searched_states(policy, task: Task, records: Sequence[dict], cfg: ExpertConf
 
 
 def train_expert(policy, task: Task, records: Sequence[dict], sft_texts: Sequence[Text], cfg: ExpertConfig,
-                 log_path: Path | None = None, progress: bool = True) -> dict:
+                 log_path: Path | None = None, progress: bool = True, tracker=None) -> dict:
     """Train ``policy`` (an ``HFPolicy``, in place) on the improved policy of every searched state, plus
-    SFT on ``sft_texts``; returns the losses and how far the policy moved toward the targets."""
+    SFT on ``sft_texts``; returns the losses and how far the policy moved toward the targets. ``tracker``
+    (a ``tracking.Tracker``) gets each step's row of ``log_path``."""
     from tqdm import tqdm
 
     t0 = time.time()
@@ -139,6 +140,8 @@ def train_expert(policy, task: Task, records: Sequence[dict], sft_texts: Sequenc
         if log:
             log.write(json.dumps(row) + "\n")
             log.flush()
+        if tracker is not None:
+            tracker.log({k: v for k, v in row.items() if k != "step"}, step)
         bar.set_postfix(policy=f"{pol.item():.3f}")
     if log:
         log.close()

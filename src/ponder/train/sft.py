@@ -131,8 +131,10 @@ def train_sft(
     cfg: SFTConfig,
     out: Path,
     progress: bool = True,
+    tracker=None,
 ) -> list[float]:
     """Train on ``texts(batch_size, step)`` (a fresh batch per step) and save to ``out``; returns losses.
+    ``tracker`` (a ``tracking.Tracker``) gets each step's ``loss`` and ``lr``.
 
     A NaN or infinite loss stops training with a ``PonderError``; the last checkpoint stays intact.
     """
@@ -178,6 +180,8 @@ def train_sft(
             losses.append(value)
             log.write(json.dumps({"step": step, "loss": round(value, 5), "lr": opt.param_groups[0]["lr"], "seconds": round(time.time() - t0, 2)}) + "\n")
             log.flush()
+            if tracker is not None and par.main:
+                tracker.log({"loss": value, "lr": opt.param_groups[0]["lr"]}, step)
             bar.set_postfix(loss=f"{value:.3f}")
             if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
                 model.eval()
