@@ -15,6 +15,9 @@ For each iteration's policy (and its value critic), on the 100 test puzzles:
 - **value critic** on every legal state one action from a test puzzle: AUC against exact solvability,
   and beam search over ALL legal actions guided by it at width 1 and 5 (a random score and the exact
   check as the floor and the ceiling).
+- **greedy step by depth**: on solvable states at each depth (the roots; solvable states one and two
+  legal actions in, up to 300 of each), the share where the policy's most likely legal action keeps 24
+  reachable: which step a greedy trace gets wrong.
 - **search yield** (share of the iteration's training problems its search solved) and the test table
   (greedy, MCTS) come from the run folder.
 
@@ -96,6 +99,26 @@ def root_samples(task, policy, problems, observe: bool) -> tuple[float, float]:
     return legal / total, distinct / len(problems)
 
 
+def greedy_by_depth(task, policy, problems, seed: int, most: int = 300) -> list[float]:
+    """Per depth, the share of solvable states whose most likely legal action keeps 24 reachable."""
+    rng = random.Random(seed)
+    env = SearchEnv(policy, task)
+    level = [State(p) for p in problems]
+    out = []
+    for _ in range(3):
+        level = [s for s in level if task.can_reach(s.problem, list(s.steps))]
+        rng.shuffle(level)
+        level = level[:most]
+        right = 0
+        for s, (acts, lps, _) in zip(level, env.priors(level)):
+            best = max(range(len(acts)), key=lps.__getitem__)
+            right += task.can_reach(s.problem, [*s.steps, task.observe(s.problem, list(s.steps), acts[best])])
+        out.append(right / max(1, len(level)))
+        level = [State(s.problem, (*s.steps, task.observe(s.problem, list(s.steps), a)))
+                 for s in level for a in task.legal_actions(s.problem, list(s.steps))]
+    return out
+
+
 def ladder_row(run: Path, i: int, task, problems, seed: int) -> dict:
     phases = json.loads((run / f"iter-{i}" / "phases.json").read_text())
     policy = load_policy(phases["policy"], device="cpu")
@@ -108,6 +131,7 @@ def ladder_row(run: Path, i: int, task, problems, seed: int) -> dict:
     row["distinct_k4"] = sum(len({x.text for x in ps}) for ps in props) / len(problems)
     row["coverage_k4"] = sum(any(task.can_reach(p, [x.text]) for x in ps) for p, ps in zip(problems, props)) / len(problems)
     exact = Exact(task)
+    row["greedy_d0"], row["greedy_d1"], row["greedy_d2"] = greedy_by_depth(task, policy, problems, seed)
     row["ceiling_w1"] = solve_rate(task, policy, exact, problems, 1, 16)
     row["ceiling_w3"] = solve_rate(task, policy, exact, problems, 3, 16)
     value_dir = next((run / f"iter-{j}" / "critics" / "value" for j in range(i, 0, -1)

@@ -75,6 +75,15 @@ def test_training_separates_good_from_bad_states_and_round_trips(policy, tmp_pat
     assert again == pytest.approx(after, abs=1e-5)
 
 
+def test_holdout_measurement_is_capped_at_holdout_paths(policy):
+    records = [{"problem": p.to_dict(), "steps": ["1 + 1 = 2 (left: 2)"], "labels": [float(i % 2)]}
+               for i, p in enumerate(TASK.imagine(40, seed=4))]
+    critic = ScalarCritic.from_policy(policy, TASK, "value")
+    full = train_critic(critic, records, CriticConfig(steps=1, batch_size=4, holdout=0.5), progress=False)
+    capped = train_critic(critic, records, CriticConfig(steps=1, batch_size=4, holdout=0.5, holdout_paths=3), progress=False)
+    assert full["holdout_labels"] == 20 and capped["holdout_labels"] == 3
+
+
 def test_value_critic_fits_a_rule(policy):
     """Squared error falls well below always predicting the mean: the head + backbone learn."""
     records = [{"problem": P.to_dict(), "steps": GOOD[:1], "labels": [1.0]},

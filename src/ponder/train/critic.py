@@ -33,6 +33,9 @@ class CriticConfig:
     lr: float = option(5e-4, "learning rate (AdamW) of the head; the backbone gets lr / 5")
     tune_backbone: bool = option(True, "train the backbone copy too (False: the head alone, cheap for large models)")
     holdout: float = option(0.1, "share of problems held out to measure the critic")
+    holdout_paths: int = option(
+        2000, "most held-out paths measured (a seeded sample): wide searches leave ~10k held-out paths an "
+        "iteration, whose forward pass would cost more than the training")
     balance: float = option(
         0.0, "share of each batch drawn from paths with a label above 0.5 (the rare successes: 2-3% of the loop's "
         "labels); 0 = sample paths uniformly"
@@ -40,7 +43,7 @@ class CriticConfig:
     seed: int = option(0, "seed for shuffling and the holdout split")
 
     def __post_init__(self):
-        check_positive(self, "steps", "batch_size", "lr")
+        check_positive(self, "steps", "batch_size", "lr", "holdout_paths")
         if not 0 <= self.holdout < 1:
             raise PonderError(f"--holdout must be in [0, 1), got {self.holdout}")
         if not 0 <= self.balance < 1:
@@ -171,6 +174,8 @@ def train_critic(critic, records: Sequence[dict], cfg: CriticConfig, log: Path |
     held = set(ids[: int(len(ids) * cfg.holdout)]) if len(ids) >= 10 else set()
     train = [r for r in records if r["problem"]["id"] not in held]
     test = [r for r in records if r["problem"]["id"] in held]
+    if len(test) > cfg.holdout_paths:
+        test = random.Random(cfg.seed + 1).sample(test, cfg.holdout_paths)
     labels = [y for r in train for y in r["labels"] if y is not None]
     baseline = sum(labels) / max(1, len(labels))
 
