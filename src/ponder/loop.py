@@ -110,11 +110,11 @@ class ImproveConfig:
     task: str = option("game24", "task to improve on")
     data: str | None = option(None, "your own problem file for the task")
     model: str | None = option(None, "starting policy (a model folder, .gguf or smollm2); None = bootstrap the tiny model")
-    iterations: int = option(3, "iterations of imagine -> search -> learn -> evaluate")
-    problems: int = option(300, "new training problems searched per iteration")
+    iterations: int = option(2, "iterations of imagine -> search -> learn -> evaluate")
+    problems: int = option(200, "new training problems searched per iteration")
     validation: int = option(100, "held-out training-distribution problems for the collapse watch (with 100, one "
                                   "standard error of its greedy accuracy is at most 5 points)")
-    search_batch: int = option(300, "problems searched together (larger batches keep the model's calls fuller)")
+    search_batch: int = option(200, "problems searched together (larger batches keep the model's calls fuller)")
     free_text: bool = option(
         False, "the model writes every step whole; off: where the task can, the model writes the action and the task "
         "its observation, and every search scores all legal actions (Game of 24; with it, give the bootstrap --set bootstrap.steps=900 to learn the arithmetic too)")

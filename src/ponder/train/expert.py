@@ -35,7 +35,7 @@ from .sft import Text, batch_tensors, fp32_master_weights, lr_at
 class ExpertConfig:
     """Training the policy on the search's improved policy at every searched state (expert iteration)."""
 
-    steps: int = option(150, "most optimizer steps (fewer when ``epochs`` passes over the states come first)")
+    steps: int = option(60, "most optimizer steps (fewer when ``epochs`` passes over the states come first)")
     epochs: float = option(3.0, "most passes over the searched states")
     batch_size: int = option(64, "searched states per step")
     sft_batch: int = option(16, "verified traces per step for the SFT term (0 = none)")
