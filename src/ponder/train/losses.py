@@ -91,3 +91,58 @@ def policy_target_loss(logprobs: list[torch.Tensor], targets: list[torch.Tensor]
     """
     losses = [-(t * torch.log_softmax(lp, -1)).sum() for lp, t in zip(logprobs, targets)]
     return torch.stack(losses).mean()
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-4) -> torch.Tensor:
+    """GRPO's group-relative advantage (DeepSeekMath, Shao et al. 2024, sec. 4.1.2, outcome supervision):
+
+        A_i = (r_i - mean(r_1..r_G)) / (std(r_1..r_G) + eps)
+
+    rewards: (B,) with the G = ``group_size`` traces of each problem next to each other, B = groups * G.
+    std is the sample standard deviation (Bessel's correction) and eps = 1e-4, as in TRL's GRPOTrainer.
+    A group whose rewards are all equal gets A = 0 for every trace: it teaches nothing. Returns (B,).
+    """
+    r = rewards.float().view(-1, group_size)  # (groups, G)
+    return ((r - r.mean(-1, keepdim=True)) / (r.std(-1, keepdim=True) + eps)).flatten()
+
+
+def grpo_loss(
+    logps: torch.Tensor,
+    old_logps: torch.Tensor,
+    ref_logps: torch.Tensor | None,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    epsilon: float = 0.2,
+    beta: float = 0.04,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Group relative policy optimisation (DeepSeekMath, Shao et al. 2024, eq. 3), as a loss to minimise:
+
+        L = - (1/G) sum_i (1/|o_i|) sum_t [ min( rho_it A_i, clip(rho_it, 1 - eps, 1 + eps) A_i ) - beta D_it ]
+
+        rho_it = pi(o_it | q, o_i,<t) / pi_old(o_it | q, o_i,<t)
+        D_it   = pi_ref(o_it | ...) / pi(o_it | ...) - log( pi_ref(o_it | ...) / pi(o_it | ...) ) - 1
+
+    D is the per-token estimator of KL(pi || pi_ref) (unbiased, >= 0); pi_old is the policy that sampled
+    the traces (one update per batch: pi itself, detached, so rho = 1 and only its gradient acts) and
+    pi_ref the frozen policy training started from. Each trace's token terms are averaged over its
+    scored tokens |o_i| (the model's own: the prompt and the task's observations have mask 0), then the
+    traces are averaged (over several groups of equal G, the same as per group, then over groups).
+
+    logps, old_logps, ref_logps, mask: (B, T), the log-probs of the sampled tokens and 1 where scored;
+    ref_logps may be None where beta = 0. advantages: (B,) from ``group_advantages``.
+    Returns (loss, kl, clipped), the last two detached: the mean D over scored tokens, and the share of
+    scored tokens where the clip binds (rho past 1 -/+ eps in the direction A pushes it).
+    """
+    m = mask.float()
+    adv = advantages[:, None]  # (B, 1)
+    ratio = torch.exp(logps - old_logps)  # (B, T)
+    per_token = -torch.min(ratio * adv, torch.clamp(ratio, 1 - epsilon, 1 + epsilon) * adv)  # (B, T)
+    kl = torch.zeros_like(per_token)
+    if beta:
+        log_ref_ratio = ref_logps - logps  # log(pi_ref / pi)
+        kl = torch.exp(log_ref_ratio) - log_ref_ratio - 1
+        per_token = per_token + beta * kl
+    loss = ((per_token * m).sum(-1) / m.sum(-1).clamp(min=1)).mean()
+    clipped = ((ratio < 1 - epsilon) & (adv < 0)) | ((ratio > 1 + epsilon) & (adv > 0))
+    n = m.sum().clamp(min=1)
+    return loss, ((kl * m).sum() / n).detach(), ((clipped.float() * m).sum() / n).detach()
