@@ -41,19 +41,19 @@ def feed_the_policy_phase(monkeypatch, copies: int = 1) -> None:
     """The small model finds nothing: add a verified trace and a step pair to each iteration's data."""
     from ponder.io import write_jsonl
 
-    real = loop.Improver.extract
+    real = loop.extract.extract
 
-    def extract(self, i):
-        counts = real(self, i)
+    def extract(imp, i):
+        counts = real(imp, i)
         p = {"id": "x", "question": "4 6 8 10", "reference": None, "meta": {"numbers": [4, 6, 8, 10]}}
         win = ["6 - 8 = -2 (left: 4 10 -2)\n", "-2 * 10 = -20 (left: 4 -20)\n", "4 - -20 = 24 (left: 24)\n"]
         pair = {"problem": p, "prefix": [], "chosen": win[0], "rejected": "8 * 10 = 80 (left: 4 6 80)\n"}
-        d = self.run.it(i) / "data"
+        d = imp.run.it(i) / "data"
         write_jsonl(d / "sft.jsonl", read_rows(d / "sft.jsonl") + [{"problem": p, "steps": win}] * copies)
         write_jsonl(d / "pairs.jsonl", read_rows(d / "pairs.jsonl") + [pair] * copies)
         return counts
 
-    monkeypatch.setattr(loop.Improver, "extract", extract)
+    monkeypatch.setattr(loop.extract, "extract", extract)
 
 
 def test_loop_runs_end_to_end_and_writes_the_run_folder(tmp_path):
@@ -132,19 +132,19 @@ def test_resume_after_a_crash_mid_search_redoes_nothing_finished(tmp_path, monke
 
 @pytest.mark.parametrize("phase", ["train_policy", "train_critics"])
 def test_resume_after_a_crash_in_training(tmp_path, monkeypatch, phase):
-    real = getattr(loop.Improver, phase)
+    real = getattr(loop.learn, phase)
 
-    def crash(self, *a, **kw):
+    def crash(*a, **kw):
         raise Boom()
 
-    monkeypatch.setattr(loop.Improver, phase, crash)
+    monkeypatch.setattr(loop.learn, phase, crash)
     cfg = small(iterations=1, eval_methods=["greedy"])
     with pytest.raises(Boom):
         improve(tmp_path / "run", cfg, progress=False)
     phases = json.loads((tmp_path / "run" / "iter-1" / "phases.json").read_text())
     assert "search" in phases and "critics" not in phases
     before = (tmp_path / "run" / "iter-1" / "search.jsonl").read_bytes()
-    monkeypatch.setattr(loop.Improver, phase, real)
+    monkeypatch.setattr(loop.learn, phase, real)
     from ponder import search
 
     def no_search(*a, **kw):
@@ -166,12 +166,12 @@ def test_nan_in_policy_training_keeps_the_previous_policy(tmp_path, monkeypatch)
     def nan_after_extract(*a):  # the bootstrap trains normally; the iteration's SFT goes NaN
         return real_loss(*a) * (float("nan") if extracted else 1.0)
 
-    def extract(self, i):
+    def extract(imp, i):
         extracted.append(i)
-        return _fake_extract(self, i)
+        return _fake_extract(imp, i)
 
     monkeypatch.setattr(sft, "lm_loss", nan_after_extract)
-    monkeypatch.setattr(loop.Improver, "extract", extract)
+    monkeypatch.setattr(loop.extract, "extract", extract)
     improve(tmp_path / "run", cfg, progress=False)
     phases = json.loads((tmp_path / "run" / "iter-1" / "phases.json").read_text())
     assert phases["policy"] == str(tmp_path / "run" / "iter-0" / "policy")
@@ -179,12 +179,12 @@ def test_nan_in_policy_training_keeps_the_previous_policy(tmp_path, monkeypatch)
     assert "loss is nan" in info["sft"]["error"]
 
 
-def _fake_extract(self, i):
+def _fake_extract(imp, i):
     """Data with one verified trace, so the SFT phase has something to train on."""
     from ponder.io import write_jsonl
     from ponder.tasks import Problem
 
-    d = self.run.it(i) / "data"
+    d = imp.run.it(i) / "data"
     d.mkdir(parents=True, exist_ok=True)
     p = Problem("x", "4 6 8 10", meta={"numbers": [4, 6, 8, 10]})
     right = ["10 - 6 = 4 (left: 4 8 4)\n", "4 * 4 = 16 (left: 8 16)\n", "8 + 16 = 24 (left: 24)\n"]
@@ -241,7 +241,7 @@ def test_lora_trains_adapters_and_saves_an_ordinary_model(tmp_path, monkeypatch)
 
     from ponder.models import load_policy
 
-    monkeypatch.setattr(loop.Improver, "extract", lambda self, i: _fake_extract(self, i))
+    monkeypatch.setattr(loop.extract, "extract", _fake_extract)
     improve(tmp_path / "run", small(iterations=1, eval_methods=["greedy"], lora_r=2), progress=False)
     phases = json.loads((tmp_path / "run" / "iter-1" / "phases.json").read_text())
     assert phases["policy"] == str(tmp_path / "run" / "iter-1" / "policy")
@@ -318,7 +318,7 @@ def test_once_fresh_problems_run_out_earlier_unsolved_ones_are_searched_again(tm
     val = {p.question for p in imp.val}
     searched: list[list[str]] = []
     for i in (1, 2, 3):
-        problems, again = imp.imagine(i)
+        problems, again = loop.imagine.training_problems(imp, i)
         qs = [p.question for p in problems]
         assert len(qs) == 3 == len(set(qs)) and not set(qs) & val
         searched.append(qs)

@@ -112,8 +112,8 @@ def test_an_iterations_metrics_line_goes_to_the_tracker_once_with_the_reports_pl
     run.mark(0, "policy", "p")
     run.mark(0, "eval", {"greedy": {"accuracy": 0.25, "tokens_generated": 30, "problems": 4, "critic": None}})
     run.mark(0, "watch", {"val_accuracy": 0.5, "diversity": 0.75, "step_entropy": 1.5, "warnings": ["w"]})
-    imp.record(0)
-    imp.record(0)  # a resumed run records iteration 0 again: the tracker hears of it once
+    loop.record(imp, 0)
+    loop.record(imp, 0)  # a resumed run records iteration 0 again: the tracker hears of it once
     assert rec.rows == [(0, {"eval/greedy/accuracy": 0.25, "eval/greedy/tokens_generated": 30.0, "eval/greedy/problems": 4.0,
                              "watch/val_accuracy": 0.5, "watch/diversity": 0.75, "watch/step_entropy": 1.5})]
     assert rec.images == [("report/solve_rate", "solve_rate.png", 0), ("report/solve_vs_tokens", "solve_vs_tokens.png", 0)]

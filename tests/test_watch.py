@@ -1,4 +1,4 @@
-"""The loop's collapse watch (``Improver.watch``): its measures, its warnings and its rollback.
+"""The loop's collapse watch (``ponder.loop.watch``): its measures, its warnings and its rollback.
 
 The policy is a scripted one (its samples chosen per test) and the greedy validation accuracy is set
 per test, so each warning can be made to fire, or to just miss, on purpose.
@@ -14,6 +14,7 @@ import pytest
 import ponder.loop as loop
 from ponder.compute import Compute
 from ponder.loop import ImproveConfig, WatchConfig
+from ponder.loop.watch import watch
 from ponder.models import Samples, Step
 from ponder.tasks.base import Problem
 
@@ -57,7 +58,7 @@ def improver(tmp_path, monkeypatch, accuracy: float, texts: list[str], history: 
 
 def test_a_healthy_iteration_measures_diversity_and_entropy_and_warns_of_nothing(tmp_path, monkeypatch, capsys):
     imp, policy = improver(tmp_path, monkeypatch, 0.6, ["a\n", "b\n", "c\n", "a\n"], history=[0.5, 0.6])
-    out = imp.watch(2)
+    out = watch(imp, 2)
     assert out == {"val_accuracy": 0.6, "diversity": 0.75, "entropy": 0.5, "warnings": []}
     assert policy.calls == [(2, 4), (1, 4)]  # the 3 validation problems in batches of eval_batch
     assert "collapse watch" not in capsys.readouterr().out
@@ -65,7 +66,7 @@ def test_a_healthy_iteration_measures_diversity_and_entropy_and_warns_of_nothing
 
 def test_low_diversity_warns_and_rolls_back_to_the_best_iteration(tmp_path, monkeypatch, capsys):
     imp, _ = improver(tmp_path, monkeypatch, 0.75, ["same\n"], history=[0.5, 0.8, 0.7], min_diversity=0.3)
-    out = imp.watch(3)
+    out = watch(imp, 3)
     assert out["diversity"] == 0.25 and out["warnings"] == ["sample diversity 0.25 < 0.3"]
     assert out["next_policy"] == "policy-1"  # the best so far, not the latest
     said = capsys.readouterr().out
@@ -77,7 +78,7 @@ def test_low_diversity_warns_and_rolls_back_to_the_best_iteration(tmp_path, monk
 
 def test_an_accuracy_drop_beyond_max_drop_warns_and_rolls_back(tmp_path, monkeypatch):
     imp, _ = improver(tmp_path, monkeypatch, 0.25, ["a\n", "b\n"], history=[0.4, 0.6, 0.5], max_drop=0.3)
-    out = imp.watch(3)
+    out = watch(imp, 3)
     assert out["warnings"] == ["validation accuracy 0.25 fell more than 0.3 below the best 0.60"]
     assert out["next_policy"] == "policy-1"
 
@@ -85,13 +86,13 @@ def test_an_accuracy_drop_beyond_max_drop_warns_and_rolls_back(tmp_path, monkeyp
 @pytest.mark.parametrize("accuracy, warned", [(0.25, False), (0.2, True)])
 def test_a_drop_of_exactly_max_drop_does_not_warn(tmp_path, monkeypatch, accuracy, warned):
     imp, _ = improver(tmp_path, monkeypatch, accuracy, ["a\n", "b\n"], history=[0.5], max_drop=0.25)
-    out = imp.watch(1)
+    out = watch(imp, 1)
     assert bool(out["warnings"]) is warned and ("next_policy" in out) is warned
 
 
 def test_without_rollback_a_warning_changes_nothing_next(tmp_path, monkeypatch):
     imp, _ = improver(tmp_path, monkeypatch, 0.1, ["same\n"], history=[0.9], min_diversity=0.3, rollback=False)
-    out = imp.watch(1)
+    out = watch(imp, 1)
     assert len(out["warnings"]) == 2 and "next_policy" not in out
     imp.run.mark(1, "watch", out)
     assert imp.start_policy(2) == "policy-1"  # the policy iteration 1 ended with
@@ -99,11 +100,11 @@ def test_without_rollback_a_warning_changes_nothing_next(tmp_path, monkeypatch):
 
 def test_iteration_0_can_warn_but_has_nothing_to_roll_back_to(tmp_path, monkeypatch):
     imp, _ = improver(tmp_path, monkeypatch, 0.0, ["same\n"], history=[], min_diversity=0.3)
-    out = imp.watch(0)
+    out = watch(imp, 0)
     assert out["warnings"] == ["sample diversity 0.25 < 0.3"] and "next_policy" not in out
 
 
 def test_no_validation_problems_no_watch(tmp_path, monkeypatch):
     imp, policy = improver(tmp_path, monkeypatch, 0.0, ["same\n"], history=[0.9])
     imp.val = []
-    assert imp.watch(1) == {} and policy.calls == []
+    assert watch(imp, 1) == {} and policy.calls == []

@@ -1,0 +1,202 @@
+"""Phase 4, **train**: the policy and the critics, on the data extracted from the search.
+
+The policy by expert iteration (the search's improved policy at every searched state, plus SFT on the
+verified traces), by rejection-sampling fine-tuning alone, or by SFT then step-level DPO against the
+fine-tuned model; in this process, or in data-parallel ones under ``--train-launcher`` (each runs
+``train_policy_phase``). The critics (unlike AlphaLLM's, which stay frozen) by further training on the
+new trees (``retrain_critics=False`` freezes them after iteration 1, as in the paper).
+"""
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from ..errors import PonderError
+from ..io import read_rows, write_text
+from ..tasks import Problem
+from ..tracking import get_tracker
+from ..train.parallel import is_main_process
+from .improver import Improver
+from .run import open_run, say
+
+
+def train_policy(imp: Improver, i: int, start: str) -> str:
+    """SFT on verified traces, then step-DPO against the fine-tuned model; returns the new policy's path."""
+    from ..models.hf import render_prompt
+    from ..train import save_checkpoint, train_sft
+    from ..train.dpo import train_dpo
+    from ..train.lora import lora_adapters
+
+    cfg, it = imp.cfg, imp.run.it(i)
+    if cfg.policy_update == "none":
+        return start
+    sft = read_rows(it / "data" / "sft.jsonl")
+    pairs = read_rows(it / "data" / "pairs.jsonl") if cfg.policy_update == "sft+dpo" else []
+    targets = read_rows(it / "data" / "policy_targets.jsonl") if cfg.policy_update == "expert" else []
+    if not sft and not pairs and not targets:
+        say(f"iteration {i}: no verified trace and no step pair; the policy stays {start}")
+        return start
+    info: dict[str, Any] = {"processes": int(os.environ.get("WORLD_SIZE", "1"))}
+    base = start if cfg.train_from == "previous" else imp.policy_path(0)
+    info["from"] = base
+    policy = imp.local_policy(base, "policy training")
+    imp.policy_cache = None  # the model is trained in place below
+    texts = [imp.task.segments(render_prompt(policy.tokenizer, imp.task, Problem.from_dict(r["problem"])), r["steps"])
+             for r in sft]
+    if targets:
+        return train_expert_policy(imp, i, policy, targets, texts, info)
+    if sft:
+        with lora_adapters(policy, cfg.lora_r):
+            mix = cfg.sft_mix if imp.task.can_bootstrap else 0.0
+
+            def batch(n: int, step: int) -> list[str]:
+                rng = random.Random(cfg.sft.seed * 1_000_003 + step + 7 * i)
+                k = round(n * mix)
+                extra = imp.task.bootstrap_segments(k, rng.randrange(1 << 30)) if k else []
+                return [rng.choice(texts) for _ in range(n - k)] + extra
+
+            per_step = max(1, cfg.sft.batch_size - round(cfg.sft.batch_size * mix))  # traces per step
+            steps = max(1, min(cfg.sft.steps, math.ceil(cfg.sft_epochs * len(texts) / per_step)))
+            sft_cfg = replace(cfg.sft, steps=steps, warmup=min(cfg.sft.warmup, max(1, steps // 5)))
+            say(f"iteration {i}: SFT on {len(texts)} verified traces ({steps} steps)")
+            t0 = time.time()
+            try:
+                losses = train_sft(policy.model, policy.tokenizer, batch, sft_cfg, it / "policy-sft", progress=imp.progress,
+                                   tracker=imp.tracker.under(f"sft/iter-{i}"))
+            except PonderError as e:  # a NaN loss: this iteration's policy stays the one it started from
+                say(f"iteration {i}: {e}; the policy stays {start}")
+                if is_main_process():
+                    write_text(it / "policy-train.json", json.dumps({"sft": {"error": str(e)}}, indent=2))
+                return start
+            finally:
+                if is_main_process():
+                    shutil.rmtree(it / "policy-sft", ignore_errors=True)  # scratch: the policy is saved below
+            info["sft"] = {"traces": len(texts), "steps": steps, "loss_first": losses[0], "loss_last": losses[-1],
+                           "seconds": round(time.time() - t0, 1)}
+    if pairs:
+        # the model DPO starts from is its reference: kept so that `ponder credit` and the implicit-reward
+        # critic can read r = beta * log(pi / pi_ref) later (the model training started from when there was no SFT)
+        info["reference"] = base
+        if sft:
+            if is_main_process():
+                save_checkpoint(policy.model, policy.tokenizer, it / "reference")
+            info["reference"] = str(it / "reference")
+        with lora_adapters(policy, cfg.lora_r):
+            say(f"iteration {i}: step-level DPO on {len(pairs)} sibling pairs")
+            t0 = time.time()
+            before = {k: v.detach().clone() for k, v in policy.model.state_dict().items()}
+            try:
+                info["dpo"] = {**train_dpo(policy, imp.task, pairs, cfg.dpo, it / "dpo.losses.jsonl", imp.progress,
+                                           imp.tracker.under(f"dpo/iter-{i}")),
+                               "seconds": round(time.time() - t0, 1)}
+            except PonderError as e:  # a NaN: back to the weights before DPO, say so, go on
+                say(f"iteration {i}: {e}; the policy stays as before DPO")
+                policy.model.load_state_dict(before)
+                info["dpo"] = {"error": str(e)}
+    if is_main_process():
+        save_checkpoint(policy.model, policy.tokenizer, it / "policy")
+        write_text(it / "policy-train.json", json.dumps(info, indent=2))
+    return str(it / "policy")
+
+
+def train_expert_policy(imp: Improver, i: int, policy, targets: list[dict], texts: list, info: dict) -> str:
+    """Expert iteration: the improved policy at every searched state, plus SFT on the verified traces."""
+    from ..train import save_checkpoint
+    from ..train.expert import train_expert
+    from ..train.lora import lora_adapters
+
+    cfg, it = imp.cfg, imp.run.it(i)
+    say(f"iteration {i}: expert iteration on {len(targets)} searched states and {len(texts)} verified traces")
+    with lora_adapters(policy, cfg.lora_r):
+        try:
+            info["expert"] = train_expert(policy, imp.task, targets, texts, replace(cfg.expert, seed=cfg.expert.seed + i),
+                                          it / "expert.losses.jsonl", imp.progress, imp.tracker.under(f"expert/iter-{i}"))
+        except PonderError as e:  # a NaN loss: this iteration's policy stays the one it started from
+            say(f"iteration {i}: {e}; the policy stays {info['from']}")
+            write_text(it / "policy-train.json", json.dumps({"expert": {"error": str(e)}}, indent=2))
+            return info["from"]
+    save_checkpoint(policy.model, policy.tokenizer, it / "policy")
+    write_text(it / "policy-train.json", json.dumps(info, indent=2))
+    return str(it / "policy")
+
+
+def launch_policy_training(imp: Improver, i: int) -> None:
+    """Run iteration i's policy training as ``LAUNCHER -m ponder.cli train-policy RUN --iteration i``
+    (data-parallel under accelerate); its rank 0 saves the policy and marks the phase done."""
+    import shlex
+    import subprocess
+    import sys
+
+    cmd = [*shlex.split(imp.launcher), "-m", "ponder.cli", "train-policy", str(imp.run.root), "--iteration", str(i)]
+    if not imp.progress:
+        cmd.append("--quiet")
+    say(f"iteration {i}: policy training through: {' '.join(cmd)}")
+    imp.policy_cache = None  # the launched processes write a new policy
+    try:
+        code = subprocess.run(cmd, stdin=subprocess.DEVNULL).returncode
+    except FileNotFoundError:
+        raise PonderError(f"--train-launcher: {cmd[0]!r} not found (e.g. 'accelerate launch --num_processes 2' "
+                          f"with accelerate installed next to {sys.executable})") from None
+    if code != 0:
+        raise PonderError(f"--train-launcher: policy training exited with code {code}: {' '.join(cmd)}")
+    if "policy" not in imp.run.phases(i):
+        raise PonderError(f"--train-launcher: {' '.join(cmd)} finished without saving iteration {i}'s policy")
+
+
+def train_critics(imp: Improver, i: int) -> dict:
+    """Iteration i's critics, each trained on to the new labels from the newest one before it (the first one
+    from the policy's backbone); returns the phase's record (each critic's metrics)."""
+    from ..critics.scalar import ScalarCritic
+    from ..train.critic import train_critic
+
+    cfg, it = imp.cfg, imp.run.it(i)
+    if not cfg.retrain_critics and i > 1:
+        return {"frozen": True}
+    out: dict[str, Any] = {}
+    for kind in imp.critic_kinds():
+        records = read_rows(it / "data" / f"{kind}.jsonl")
+        if not records:
+            out[kind] = {"skipped": "no labels"}
+            continue
+        prev = imp.critic_dir(i - 1, kind)
+        critic = (ScalarCritic.load(prev, imp.task, device=imp.cfg.device) if prev is not None
+                  else ScalarCritic.from_policy(imp.local_policy(imp.policy_path(i), "critic training"), imp.task, kind,
+                                                seed=cfg.seed))
+        say(f"iteration {i}: train the {kind} critic on {len(records)} paths" + (f" (from {prev})" if prev else ""))
+        t0 = time.time()
+        try:
+            metrics = train_critic(critic, records, replace(cfg.critic, seed=cfg.critic.seed + i),
+                                   it / "critics.losses.jsonl", imp.progress, imp.tracker.under(f"{kind}_critic/iter-{i}"))
+        except PonderError as e:
+            say(f"iteration {i}: {e}; the {kind} critic stays as it was")
+            out[kind] = {"error": str(e)}
+            continue
+        critic.save(it / "critics" / kind)
+        out[kind] = {**metrics, "seconds": round(time.time() - t0, 1)}
+    return out
+
+
+def train_policy_phase(root: str | Path, i: int, progress: bool = True) -> None:
+    """Iteration i's policy training alone, in every process of a launcher (``ponder train-policy``);
+    rank 0 saves the policy and marks the phase done."""
+    from ..train.parallel import use_local_gpu
+
+    use_local_gpu()
+    run = open_run(root, None, resume=True)
+    if "extract" not in run.phases(i):
+        raise PonderError(f"{run.it(i)}: no extracted training data yet (phase 'extract' not done)")
+    imp = Improver(run, progress and is_main_process())
+    if is_main_process():  # the launched processes' loss curves too, from rank 0
+        imp.tracker = get_tracker(run.cfg.report_to, run.root)
+    try:
+        path = train_policy(imp, i, imp.start_policy(i))
+    finally:
+        imp.tracker.close()
+    if is_main_process():
+        run.mark(i, "policy", path)
