@@ -216,6 +216,18 @@ def test_improved_policy_sums_to_one_and_moves_mass_to_what_the_search_found():
     assert float(loss) > 0
 
 
+def test_rescaled_targets_pick_the_winning_move_when_the_mean_q_is_small():
+    # a two-number state with one way to 24: its mean backed-up Q is 1/6, its siblings' 0
+    logits = torch.log(torch.full((6,), 1 / 6))
+    q, visits = torch.tensor([1 / 6, 0, 0, 0, 0, 0]), torch.tensor([6.0, 2, 2, 2, 0, 0])
+    plain = improved_policy(logits, q, visits, value=0.05, rescale=False)
+    scaled = improved_policy(logits, q, visits, value=0.05)
+    assert float(plain[0]) < 0.5 < 0.9 < float(scaled[0])
+    assert float(scaled.sum()) == pytest.approx(1.0)
+    flat = improved_policy(logits, torch.full((6,), 0.3), torch.full((6,), 2.0), value=0.3)
+    assert flat.tolist() == pytest.approx(torch.softmax(logits, -1).tolist())  # all alike: the prior, no NaN
+
+
 def test_proven_values_come_from_the_verifier_and_full_expansion_only():
     p = puzzle(1, 1, 1, 1)  # unsolvable; every legal path fails
     root = Node()

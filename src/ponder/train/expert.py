@@ -46,6 +46,10 @@ class ExpertConfig:
     grad_clip: float = option(1.0, "gradient norm clip")
     c_visit: float = option(50.0, "c_visit of the completed-Q transform (Gumbel MuZero)")
     c_scale: float = option(0.1, "c_scale of the completed-Q transform: how far the search's Q moves the target from the prior")
+    rescale: bool = option(
+        True, "stretch each state's completed Q-values to [0, 1] before the transform (mctx's rescale_values): on the "
+        "demo's first search the target's top action keeps 24 reachable at 100% / 97% of solvable states at depth 0 / 1 "
+        "with it, 54% / 72% without (bench/targets.py)")
     seed: int = option(0, "seed of batch sampling")
 
     def __post_init__(self):
@@ -79,7 +83,7 @@ def searched_states(policy, task: Task, records: Sequence[dict], cfg: ExpertConf
         visits = torch.tensor([float(tried.get(a, (0, 0.0))[0]) for a in acts])
         q = torch.tensor([float(tried.get(a, (0, 0.0))[1]) for a in acts])
         logits = torch.tensor(scores.logprobs[i])
-        states.append(SearchedState(prefix, acts, improved_policy(logits, q, visits, value, cfg.c_visit, cfg.c_scale)))
+        states.append(SearchedState(prefix, acts, improved_policy(logits, q, visits, value, cfg.c_visit, cfg.c_scale, cfg.rescale)))
     return states
 
 

@@ -62,19 +62,25 @@ def dpo_loss(
 
 
 def improved_policy(logits: torch.Tensor, q: torch.Tensor, visits: torch.Tensor, value: float,
-                    c_visit: float = 50.0, c_scale: float = 0.1) -> torch.Tensor:
+                    c_visit: float = 50.0, c_scale: float = 0.1, rescale: bool = True) -> torch.Tensor:
     """Gumbel MuZero's improved policy at one state (Danihelka et al. 2022, eq. 11; mctx's
     ``qtransform_completed_by_mix_value``), the target the policy learns from the search:
 
         pi'(a) = softmax_a( logits(a) + sigma(completedQ(a)) )
         completedQ(a) = Q(a) if N(a) > 0 else v       sigma(q) = (c_visit + max_b N(b)) * c_scale * q
+        with rescale:  completedQ(a) <- (completedQ(a) - min_b completedQ(b)) / (max_b completedQ(b) - min_b completedQ(b))
 
     logits, q, visits: (A,) over every legal action (the search policy's log-probs, the children's Q
     and visit counts; Q and N are 0 for actions the search never tried); ``value``: the state's own
-    value estimate, which stands in for the actions never tried. Q is already in [0, 1] (a verifier
-    reward), so it is not rescaled. Returns (A,) summing to one.
+    value estimate, which stands in for the actions never tried. ``rescale`` (mctx's default,
+    ``rescale_values=True``) stretches the state's completed Q-values to [0, 1] before sigma: a mean
+    backed-up Q is small where one move of many wins (1/6 for a two-number state with one way to 24),
+    and unscaled it moves the target by less than a logit. Returns (A,) summing to one.
     """
     completed = torch.where(visits > 0, q, torch.full_like(q, value))
+    if rescale:
+        lo, hi = completed.min(), completed.max()
+        completed = (completed - lo) / (hi - lo).clamp(min=1e-8)
     sigma = (c_visit + visits.max()) * c_scale * completed
     return torch.softmax(logits + sigma, -1)
 
