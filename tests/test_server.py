@@ -35,6 +35,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# llama-cpp-python's server, run with llama.cpp's extra buffer types off. On a CPU with AMX (Xeon Sapphire
+# Rapids and later: amx_int8 in /proc/cpuinfo) llama.cpp moves the Q4_1 weights into its AMX buffer, and its
+# AMX matrix product (ggml_backend_amx_mul_mat, llama-cpp-python 0.3.36) loads a tile configuration that the
+# compiler left half uninitialised on the stack: a general protection fault (SIGSEGV, exit -11) at the first
+# completion, so every test after /models saw "connection refused" (ggml-org/llama.cpp#20824, fix proposed
+# in #26954). The server has no option for it; llama_model_params.use_extra_bufts=False keeps the weights
+# in the plain CPU buffer (the same kernels as on a CPU without AMX, where nothing changes).
+SERVE = """import runpy, llama_cpp.llama_cpp as c
+defaults = c.llama_model_default_params
+def no_extra_buffers():
+    p = defaults()
+    p.use_extra_bufts = False
+    return p
+c.llama_model_default_params = no_extra_buffers
+runpy.run_module("llama_cpp.server", run_name="__main__")
+"""
+
+
 class LlamaServer:
     """llama-cpp-python's OpenAI-compatible server as a child process (start, kill -9, start again)."""
 
@@ -50,7 +68,7 @@ class LlamaServer:
         from ponder.models.hf import smollm2_gguf
 
         threads = str(self.threads)
-        cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_gguf()), "--host", "127.0.0.1",
+        cmd = [sys.executable, "-c", SERVE, "--model", str(smollm2_gguf()), "--host", "127.0.0.1",
                "--port", str(self.port), "--n_threads", threads, "--n_threads_batch", threads, "--n_ctx", "2048",
                "--logits_all", "true",  # llama-cpp-python gives log-probs only with it
                "--model_alias", "smollm2", "--verbose", "false"]
@@ -74,6 +92,11 @@ class LlamaServer:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait()
 
+    def check(self) -> None:
+        """A server that died on its own is said as such, with its log (not as the next test's connection error)."""
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"llama.cpp server exited with {self.proc.returncode}: {self.log.read_text()[-2000:]}")
+
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
@@ -84,10 +107,18 @@ class LlamaServer:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def shared_server(tmp_path_factory):
     s = LlamaServer(tmp_path_factory.mktemp("server") / "server.log").start()
     yield s
     s.stop()
+
+
+@pytest.fixture
+def server(shared_server):
+    """The module's server, checked alive before and after each test."""
+    shared_server.check()
+    yield shared_server
+    shared_server.check()
 
 
 @pytest.fixture
