@@ -79,11 +79,16 @@ def main() -> None:
     for c in cases:
         positions[c[2]] += 1
 
-    # a second ground truth where the task can check each step on its own (Game of 24): the first illegal
-    # step (wrong arithmetic, a number not on the table), a local error of the kind step pairs teach
+    # a second ground truth where the task can check each step on its own (it lists its actions: Game of 24):
+    # the first illegal step (wrong arithmetic, a number not on the table), a local error of the kind step pairs
+    # teach. A step is legal when it is the one the task writes for its action (in free text: the model wrote
+    # the same arithmetic and numbers left, in the task's order)
     illegal_hits = None
-    if hasattr(task, "step_is_legal"):
-        illegal = [(p, t, next((i for i in range(len(t)) if not task.step_is_legal(p, t[:i], t[i])), None)) for p, t, _ in cases]
+    if task.legal_actions(problems[0], []) is not None:
+        def legal(p, steps, step):
+            return task.observe(p, steps, task.action_of(step)) == step
+
+        illegal = [(p, t, next((i for i in range(len(t)) if not legal(p, t[:i], t[i])), None)) for p, t, _ in cases]
         illegal_hits = localize([c for c in illegal if c[2] is not None], raters)
 
     cmd = " ".join(shlex.quote(a) for a in ["python", *sys.argv])

@@ -24,7 +24,8 @@ from ponder.search import Node
 
 def legality(task, rows) -> tuple[int, int]:
     """(legal, total) sampled steps, from the saved trees: a node's visits count the samples through it,
-    and a trace ends at its first illegal step, so every counted step had a legal prefix."""
+    and a trace ends at its first illegal step, so every counted step had a legal prefix. A step is legal
+    when it is the one the task writes for its action (an illegal action keeps the model's text)."""
     legal = total = 0
     problems = {p.id: p for p in task.problems("test")}
     for r in rows:
@@ -32,7 +33,8 @@ def legality(task, rows) -> tuple[int, int]:
         for node in root:
             if node.parent is not None:
                 total += node.visits
-                legal += node.visits * task.step_is_legal(problems[r["problem_id"]], node.parent.steps(), node.step)
+                prefix = node.parent.steps()
+                legal += node.visits * (task.observe(problems[r["problem_id"]], prefix, task.action_of(node.step)) == node.step)
     return legal, total
 
 

@@ -81,12 +81,15 @@ def test_parse_step_reads_fractions_and_aliases():
     assert parse_step("2 + 3 = 5") is None
 
 
-def test_step_is_legal_follows_the_state(task):
+def test_the_legal_actions_follow_the_state_fractions_included(task):
     p = puzzle(1, 3, 4, 6)
-    assert task.step_is_legal(p, [], FRACTION_SOLUTION[0])
-    assert not task.step_is_legal(p, [], FRACTION_SOLUTION[1])  # 3/4 is not there yet
-    assert task.step_is_legal(p, FRACTION_SOLUTION[:1], FRACTION_SOLUTION[1])
-    assert not task.step_is_legal(p, ["1 + 1 = 2 (left: 2 4 6)\n"], FRACTION_SOLUTION[0])  # dead state
+    first, second = (task.action_of(s) for s in FRACTION_SOLUTION[:2])
+    assert (first, second) == ("3 / 4 =", "1 - 3/4 =")
+    assert first in task.legal_actions(p, []) and task.observe(p, [], first) == "3 / 4 = 3/4 (left: 1 6 3/4)\n"
+    assert second not in task.legal_actions(p, []) and task.observe(p, [], second) is None  # 3/4 is not there yet
+    assert second in task.legal_actions(p, FRACTION_SOLUTION[:1])
+    assert task.observe(p, FRACTION_SOLUTION[:1], second) == "1 - 3/4 = 1/4 (left: 6 1/4)\n"
+    assert task.legal_actions(p, ["1 + 1 = 2 (left: 2 4 6)\n"]) == []  # dead state
 
 
 # --- the verifier -----------------------------------------------------------------------------------------

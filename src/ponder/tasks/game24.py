@@ -321,10 +321,6 @@ class Game24(Task):
         i = step.find("=")
         return step if i < 0 else step[: i + 1]
 
-    def step_is_legal(self, problem: Problem, steps: Sequence[str], step: str) -> bool:
-        before = replay(self.numbers(problem), steps)
-        return before is not None and apply_step(before, step) is not None
-
     def first_bad_step(self, problem: Problem, steps: Sequence[str]) -> int | None:
         """The first step after which 24 can no longer be reached (an illegal step included), or None if
         every step keeps it reachable or the puzzle never was solvable (no step is to blame)."""
