@@ -11,7 +11,7 @@ from ponder.cli import main
 from ponder.errors import PonderError
 from ponder.io import read_rows
 from ponder.loop import improve
-from ponder.tracking import Tracker, flatten, get_tracker
+from ponder.tracking import Tracker, flatten, get_tracker, hparams
 from test_improve import small
 
 
@@ -31,6 +31,40 @@ def events(logdir):
     return {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in tags["scalars"]}, set(tags["images"])
 
 
+def logged_hparams(logdir):
+    """([{name: value}] of every hparams session-start summary in the event files, in file order,
+    {tag: text} of the text summaries), read with TensorBoard's own loaders."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.plugins.hparams import metadata
+    from tensorboard.util import tensor_util
+
+    sessions, texts = [], {}
+    for path in sorted(logdir.glob("events.*")):
+        for event in EventFileLoader(str(path)).Load():
+            for v in event.summary.value:
+                plugin = v.metadata.plugin_data
+                if v.tag == metadata.SESSION_START_INFO_TAG:
+                    info = metadata.parse_session_start_info_plugin_data(plugin.content)
+                    sessions.append({k: getattr(x, x.WhichOneof("kind")) for k, x in info.hparams.items()})
+                elif plugin.plugin_name == "text":
+                    texts[v.tag] = tensor_util.make_ndarray(v.tensor).item().decode()
+    return sessions, texts
+
+
+def test_hparams_are_the_config_flattened_to_group_field():
+    from ponder.loop import ImproveConfig
+
+    cfg = small()
+    got = hparams(cfg)
+    assert got["iterations"] == cfg.iterations and got["search.simulations"] == cfg.search.simulations
+    assert got["sft.lr"] == cfg.sft.lr and got["watch.rollback"] is cfg.watch.rollback
+    assert got["report_to"] == "none" and got["eval_methods"] == str(list(cfg.eval_methods))  # a list as its str()
+    assert all(isinstance(v, (bool, int, float, str)) for v in got.values())
+    assert len(got) == len(hparams(ImproveConfig()))  # every field of every group, nothing dropped
+    assert hparams({"task": "game24", "init": None, "tiny": {"hidden_size": 64}}) == {
+        "task": "game24", "init": "None", "tiny.hidden_size": 64}
+
+
 def test_flatten_keeps_the_numbers_under_their_paths():
     got = flatten({"eval": {"greedy": {"accuracy": 0.5, "critic": None}}, "warnings": ["x"], "frozen": True,
                    "n": 3, "bad": float("nan")}, "p")
@@ -39,6 +73,8 @@ def test_flatten_keeps_the_numbers_under_their_paths():
 
 def test_train_report_to_tensorboard_logs_every_step_of_the_loss(tmp_path, capsys):
     pytest.importorskip("tensorboard")
+    from ponder.train import SFTConfig
+
     out = tmp_path / "model"
     args = ["train", "--task", "game24", "--steps", "3", "--batch-size", "4", "--warmup", "2", "--out", str(out),
             "--hidden-size", "64", "--num-layers", "1", "--intermediate-size", "128", "--report-to", "tensorboard"]
@@ -50,11 +86,19 @@ def test_train_report_to_tensorboard_logs_every_step_of_the_loss(tmp_path, capsy
     assert [v for _, v in scalars["train/loss"]] == pytest.approx([r["loss"] for r in log], abs=1e-5)
     assert [v for _, v in scalars["train/lr"]] == pytest.approx([r["lr"] for r in log], rel=1e-6)
     assert not list(out.glob("events.*"))  # the model folder stays an ordinary model folder
+    # the hyper-parameters: the whole SFT config, the task and the fresh model's size, once
+    [hp], texts = logged_hparams(tmp_path / "model.tracking" / "tb")
+    assert hp["steps"] == 3 and hp["batch_size"] == 4 and hp["warmup"] == 2 and hp["task"] == "game24"
+    assert hp["tiny.hidden_size"] == 64 and hp["tiny.num_layers"] == 1 and hp["init"] == "None"
+    assert hp["lr"] == pytest.approx(SFTConfig().lr)
+    assert "steps: 3" in texts["config/text_summary"] and "hidden_size: 64" in texts["config/text_summary"]
 
     # a second train to the same --out replaces the curve instead of piling a second one onto it
     assert main([*args[:4], "2", *args[5:]]) == 0
     scalars, _ = events(tmp_path / "model.tracking" / "tb")
     assert [s for s, _ in scalars["train/loss"]] == [0, 1]
+    [hp], _ = logged_hparams(tmp_path / "model.tracking" / "tb")
+    assert hp["steps"] == 2
 
 
 def test_improve_report_to_tensorboard_logs_each_iteration_once_also_after_resume(tmp_path):
@@ -88,6 +132,11 @@ def test_improve_report_to_tensorboard_logs_each_iteration_once_also_after_resum
             want = [(r["step"], pytest.approx(r["loss"], abs=1e-5)) for r in crit if r["critic"] == kind]
             assert len(want) == 2 and scalars[f"{kind}_critic/iter-{i}/loss"] == want
     assert {"report/solve_rate", "report/solve_vs_tokens"} <= images
+    # the hyper-parameters once, those the run started with: the resume (iterations 1 -> 2) adds no session
+    [hp], texts = logged_hparams(root / "tb")
+    started = small(iterations=1, eval_methods=["greedy"], validation=0, report_to="tensorboard")
+    assert hp == pytest.approx(hparams(started)) and hp["iterations"] == 1 and hp["report_to"] == "tensorboard"
+    assert "simulations:" in texts["config/text_summary"]
 
 
 class Recorder(Tracker):
@@ -199,6 +248,27 @@ def test_mlflow_logs_to_a_local_file_store_and_a_reopened_folder_goes_on_in_the_
     assert [f.path for f in client.list_artifacts(run.info.run_id, "report/plot/step-0")] == ["report/plot/step-0/plot.png"]
 
 
+def test_mlflow_logs_the_config_as_params_once_and_a_resume_changes_none(tmp_path, monkeypatch):
+    pytest.importorskip("mlflow")
+    import yaml
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    config = {"iterations": 1, "data": None, "g": {"long": "x" * 600, "methods": ["greedy", "mcts"]},
+              "many": {f"p{i}": i for i in range(150)}}  # past MLflow's 100 params a batch
+    get_tracker("mlflow", tmp_path / "run", config=config).close()
+    # a resume with iterations raised: MLflow would refuse the changed value; the new key is added
+    get_tracker("mlflow", tmp_path / "run", config={**config, "iterations": 2, "new": True}).close()
+    client = MlflowClient(tracking_uri=(tmp_path / "run" / "mlruns").resolve().as_uri())
+    [run] = client.search_runs([client.get_experiment_by_name("ponder").experiment_id])
+    params = run.data.params
+    assert params["iterations"] == "1" and params["new"] == "True" and params["data"] == "None"
+    assert params["g.long"] == "x" * 500 and params["g.methods"] == "['greedy', 'mcts']"
+    assert all(params[f"many.p{i}"] == str(i) for i in range(150)) and len(params) == 155
+    path = client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path / "dl"))
+    assert yaml.safe_load(open(path)) == config  # the whole config, uncut, as the run started
+
+
 def test_trackio_logs_offline_and_a_reopened_folder_goes_on_in_the_same_run(tmp_path, monkeypatch):
     import sys
 
@@ -215,6 +285,25 @@ def test_trackio_logs_offline_and_a_reopened_folder_goes_on_in_the_same_run(tmp_
     assert name.startswith("run-") and trackio is not None
     logs = SQLiteStorage.get_logs("ponder", name)
     assert [(r["step"], r["sft/loss"]) for r in logs] == [(0, 1.5), (1, 1.25)]
+
+
+def test_trackio_keeps_the_config_the_run_started_with_across_a_resume(tmp_path, monkeypatch):
+    import sys
+
+    if "trackio" not in sys.modules:
+        monkeypatch.setenv("TRACKIO_DIR", str(tmp_path / "store"))
+    pytest.importorskip("trackio")
+    from trackio.sqlite_storage import SQLiteStorage
+
+    config = {"iterations": 1, "search": {"simulations": 8}, "eval_methods": ["greedy"]}
+    for step, cfg in [(0, config), (1, {**config, "iterations": 2}), (2, None)]:  # a resume; a launched trainer
+        t = get_tracker("trackio", tmp_path / "run", config=cfg)
+        t.log({"loss": 1.0}, step)
+        t.close()
+    name = json.loads((tmp_path / "run" / "tracking.json").read_text())["trackio_run"]
+    got = SQLiteStorage.get_run_config("ponder", name)
+    assert {k: v for k, v in got.items() if not k.startswith("_")} == {
+        "iterations": 1, "search.simulations": 8, "eval_methods": "['greedy']"}
 
 
 def _write_png(path) -> None:

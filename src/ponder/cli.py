@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from .config import add_config_args, config_from
+from .config import add_config_args, config_from, to_dict
 from .errors import PonderError
 from .tasks import TASKS
 
@@ -195,14 +195,19 @@ def cmd_train(args) -> None:
             raise PonderError("--init needs a local model to train; a server (openai:...) serves search and evaluation only")
         pol = load_policy(args.init, device=args.device)
         model, tok = pol.model, pol.tokenizer
+        tiny = None
     else:
-        model, tok = tiny_model(config_from(TinyConfig, args), seed=cfg.seed, device=args.device)
+        tiny = config_from(TinyConfig, args)
+        model, tok = tiny_model(tiny, seed=cfg.seed, device=args.device)
     print(f"training {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters on {task.name} synthetic traces, "
           f"{cfg.steps} steps x {cfg.batch_size} (torch threads: {torch.get_num_threads()})")
     tracking = Path(f"{args.out}.tracking")  # beside the model folder, which each checkpoint replaces whole
     if args.report_to != "none":
         shutil.rmtree(tracking, ignore_errors=True)  # like OUT.losses.jsonl: one train's curve, not a pile of them
-    tracker = get_tracker(args.report_to, tracking, Path(args.out).name)
+    # the run's hyper-parameters: task, init, lr, steps, ..., and a fresh model's tiny.hidden_size, ...
+    config = {"task": task.name, "data": args.data, "free_text": task.free_text, "init": args.init, **to_dict(cfg),
+              **({"tiny": tiny} if tiny else {})}
+    tracker = get_tracker(args.report_to, tracking, Path(args.out).name, config)
     try:
         losses = train_sft(model, tok, lambda n, step: task.bootstrap_segments(n, cfg.seed * 1_000_003 + step), cfg,
                            Path(args.out), tracker=tracker.under("train"))

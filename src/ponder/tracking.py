@@ -14,6 +14,12 @@ beside the model folder of ``ponder train``):
 A folder remembers its MLflow run id and Trackio run name in ``FOLDER/tracking.json``, so ``ponder improve
 --resume`` goes on logging into the same run instead of starting another.
 
+The run's hyper-parameters are its whole resolved config (``ImproveConfig``; ``SFTConfig`` and the model's
+for ``ponder train``), flattened to ``group.field`` names (``search.simulations``), logged once per run
+through each backend's own hyper-parameter API (see ``hparams`` and each tracker). A resumed run never
+logs a changed value: the only option a resume may change is ``iterations``, and the
+hyper-parameters stay those the run started with (``config.yaml`` in the run folder has the current ones).
+
 Metrics are nested dicts, as the loop records them; a metric's name is its path, ``/``-separated
 (``eval/greedy/accuracy``), and only numbers are logged (text, lists, None and booleans are left out).
 """
@@ -21,6 +27,7 @@ Metrics are nested dicts, as the loop records them; a metric's name is its path,
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -40,16 +47,37 @@ HELP = ("log loss curves and metrics, offline, to: none, tensorboard (events in 
         "file store, mlruns/) or trackio (its local store; trackio show --project ponder)")
 
 
+def _leaves(tree: dict, prefix: str, sep: str):
+    """(path, value) of every value of a nested dict that is not a dict itself, the path ``sep``-joined."""
+    for k, v in tree.items():
+        name = f"{prefix}{sep}{k}" if prefix else str(k)
+        if isinstance(v, dict):
+            yield from _leaves(v, name, sep)
+        else:
+            yield name, v
+
+
 def flatten(metrics: dict, prefix: str = "") -> dict[str, float]:
     """``{"eval": {"greedy": {"accuracy": 0.5}}}`` -> ``{"eval/greedy/accuracy": 0.5}``: the finite numbers only."""
-    out: dict[str, float] = {}
-    for k, v in metrics.items():
-        name = f"{prefix}/{k}" if prefix else str(k)
-        if isinstance(v, dict):
-            out.update(flatten(v, name))
-        elif isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-            out[name] = float(v)
-    return out
+    return {name: float(v) for name, v in _leaves(metrics, prefix, "/")
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+
+
+def plain_config(config: Any) -> dict:
+    """A config dataclass, or a mapping of plain values and config dataclasses, as nested plain data."""
+    from .config import to_dict
+
+    if dataclasses.is_dataclass(config):
+        return to_dict(config)
+    return {k: plain_config(v) if dataclasses.is_dataclass(v) or isinstance(v, dict) else v for k, v in config.items()}
+
+
+def hparams(config: Any) -> dict[str, bool | int | float | str]:
+    """A run's config as hyper-parameters: nested groups flattened to ``group.field``; booleans, numbers
+    and strings kept, anything else (None, lists) as its ``str()``, as transformers' ``to_sanitized_dict``
+    does for its trackers."""
+    return {name: v if isinstance(v, (bool, int, float, str)) else str(v)
+            for name, v in _leaves(plain_config(config), "", ".")}
 
 
 class Tracker:
@@ -93,18 +121,20 @@ def require(kind: str) -> None:
         raise PonderError(f"--report-to {kind} needs the {PACKAGES[kind][0]} package: pip install {PACKAGES[kind][1]}")
 
 
-def get_tracker(kind: str, folder: str | Path, name: str | None = None) -> Tracker:
+def get_tracker(kind: str, folder: str | Path, name: str | None = None, config: Any = None) -> Tracker:
     """The tracker for ``--report-to kind``, writing under ``folder``; ``name`` names the run (default:
-    the folder's name)."""
+    the folder's name); ``config`` (a config dataclass, or a mapping of them and plain values) is logged as
+    the run's hyper-parameters, once per run (a resumed run does not log them again)."""
     require(kind)
     folder = Path(folder)
     name = name or folder.name
+    config = {} if config is None else plain_config(config)
     if kind == "tensorboard":
-        return TensorBoardTracker(folder / "tb")
+        return TensorBoardTracker(folder, config)
     if kind == "mlflow":
-        return MLflowTracker(folder, name)
+        return MLflowTracker(folder, name, config)
     if kind == "trackio":
-        return TrackioTracker(folder, name)
+        return TrackioTracker(folder, name, config)
     return Tracker()
 
 
@@ -127,11 +157,29 @@ def _png(path: Path):
 
 
 class TensorBoardTracker(Tracker):
-    def __init__(self, logdir: Path):
+    """Event files in ``FOLDER/tb``. The hyper-parameters go to the HPARAMS tab as TensorBoard's hparams
+    plugin reads them: one session-start summary (``tensorboard.plugins.hparams.summary_v2.hparams_pb``)
+    in this run's own event file, so the table's row is this run and its metric columns are the run's
+    scalars (the plugin finds them itself when no experiment summary is written). Not torch's
+    ``SummaryWriter.add_hparams``: it needs a final metric dict up front and writes the hyper-parameters
+    into a sub-run of their own (``tb/<time>``), apart from the curves. The whole config is also in the
+    TEXT tab as YAML (``config``), where lists and long values read whole. Both are written once per run:
+    ``tracking.json`` remembers it, so a resume (which adds an event file) writes no second session."""
+
+    def __init__(self, folder: Path, config: dict):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.logdir = logdir
-        self.writer = SummaryWriter(str(logdir), flush_secs=30)  # a resumed run adds an event file beside the old
+        self.logdir = folder / "tb"
+        self.writer = SummaryWriter(str(self.logdir), flush_secs=30)  # a resumed run adds an event file beside the old
+        if config and not _state(folder).get("tensorboard_hparams"):
+            import yaml
+            from tensorboard.plugins.hparams.summary_v2 import hparams_pb
+
+            self.writer.file_writer.add_summary(hparams_pb(hparams(config)))
+            text = yaml.safe_dump(config, sort_keys=False)
+            self.writer.add_text("config", "".join(f"    {line}\n" for line in text.splitlines()), 0)  # a code block
+            self.writer.flush()
+            _remember(folder, tensorboard_hparams=True)
 
     def _scalars(self, scalars, step):
         for k, v in scalars.items():
@@ -145,7 +193,15 @@ class TensorBoardTracker(Tracker):
 
 
 class MLflowTracker(Tracker):
-    def __init__(self, folder: Path, name: str):
+    """A run in MLflow's experiment ``ponder``. The hyper-parameters are the run's params (``log_batch``,
+    at most ``PARAMS_PER_BATCH`` a call, each value cut to ``PARAM_CHARS`` characters, the limit of older
+    MLflow servers); MLflow refuses to change a logged param, so a resumed run logs only those it does not
+    have yet. The whole config, uncut, is the artifact ``config.yaml``, written with the first params."""
+
+    PARAMS_PER_BATCH = 100  # MLflow's limit on params in one log_batch
+    PARAM_CHARS = 500
+
+    def __init__(self, folder: Path, name: str, config: dict):
         os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # mlflow 3 refuses a file store unless told
         from mlflow.tracking import MlflowClient
 
@@ -160,6 +216,18 @@ class MLflowTracker(Tracker):
         else:
             self.client.update_run(run_id, status="RUNNING")
         self.run_id = run_id
+        if config:
+            self._params(config)
+
+    def _params(self, config: dict) -> None:
+        from mlflow.entities import Param
+
+        logged = self.client.get_run(self.run_id).data.params
+        new = [Param(k, str(v)[: self.PARAM_CHARS]) for k, v in hparams(config).items() if k not in logged]
+        for i in range(0, len(new), self.PARAMS_PER_BATCH):
+            self.client.log_batch(self.run_id, params=new[i : i + self.PARAMS_PER_BATCH])
+        if not logged:
+            self.client.log_dict(self.run_id, config, "config.yaml")
 
     def _scalars(self, scalars, step):
         from mlflow.entities import Metric
@@ -175,16 +243,21 @@ class MLflowTracker(Tracker):
 
 
 class TrackioTracker(Tracker):
-    def __init__(self, folder: Path, name: str):
+    """A run in trackio's project ``ponder``. The hyper-parameters are trackio's run config
+    (``trackio.init(config=...)``, shown on the run's page). Trackio keeps one config a run and replaces it
+    with the latest init's (a resumed run that gave none would be left with trackio's own keys only), so
+    every init gives the one the run started with, remembered in ``tracking.json``."""
+
+    def __init__(self, folder: Path, name: str, config: dict):
         import trackio
 
         self.trackio = trackio
-        run = _state(folder).get("trackio_run")
-        if run is None:
-            run = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"  # unique: trackio runs live in one store for all folders
-            _remember(folder, trackio_run=run)
+        state = _state(folder)
+        run = state.get("trackio_run") or f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"  # unique: one store, all folders
+        params = state.get("trackio_config") or hparams(config)
+        _remember(folder, trackio_run=run, trackio_config=params)
         self.run = trackio.init(project="ponder", name=run, resume="allow", embed=False, auto_log_cpu=False,
-                                auto_log_gpu=False)
+                                auto_log_gpu=False, config=params or None)
 
     def _scalars(self, scalars, step):
         self.run.log(scalars, step=step)

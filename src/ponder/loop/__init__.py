@@ -78,7 +78,7 @@ def improve(
 
 def run_all(imp: Improver) -> None:
     """Runs the phases of each iteration, skipping the ones a previous run already finished."""
-    imp.tracker = get_tracker(imp.cfg.report_to, imp.run.root)
+    imp.tracker = get_tracker(imp.cfg.report_to, imp.run.root, config=imp.cfg)  # its hyper-parameters once per run
     try:
         iteration0(imp)
         for i in range(1, imp.cfg.iterations + 1):

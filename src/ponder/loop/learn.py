@@ -193,7 +193,7 @@ def train_policy_phase(root: str | Path, i: int, progress: bool = True) -> None:
         raise PonderError(f"{run.it(i)}: no extracted training data yet (phase 'extract' not done)")
     imp = Improver(run, progress and is_main_process())
     if is_main_process():  # the launched processes' loss curves too, from rank 0
-        imp.tracker = get_tracker(run.cfg.report_to, run.root)
+        imp.tracker = get_tracker(run.cfg.report_to, run.root, config=run.cfg)
     try:
         path = train_policy(imp, i, imp.start_policy(i))
     finally:
