@@ -12,10 +12,11 @@ from ..search.mcts import MCTSConfig
 from ..train.critic import CriticConfig
 from ..train.dpo import DPOConfig
 from ..train.expert import ExpertConfig
+from ..train.grpo import GRPOConfig
 from ..train.sft import SFTConfig
 from ..tracking import HELP as REPORT_TO_HELP, ReportTo
 
-PolicyUpdate = Literal["expert", "sft", "sft+dpo", "none"]
+PolicyUpdate = Literal["expert", "sft", "sft+dpo", "grpo", "none"]
 TrainFrom = Literal["previous", "initial"]
 CRITIC_KINDS = ("value", "prm", "orm")
 
@@ -87,7 +88,11 @@ class ImproveConfig:
         "its observation, and every search scores all legal actions (Game of 24; with it, give the bootstrap --set bootstrap.steps=900 to learn the arithmetic too)")
     policy_update: PolicyUpdate = option(
         "expert", "how the policy learns: expert (the search's improved policy at every searched state, plus SFT on "
-        "verified traces), sft (verified traces only), sft+dpo (then step-level DPO on sibling pairs), or none")
+        "verified traces), sft (verified traces only), sft+dpo (then step-level DPO on sibling pairs), grpo (GRPO on "
+        "the iteration's training problems from groups of its own samples, rewarded by the verifier, or by the "
+        "previous iteration's ORM where a problem has nothing to check against; options: --set grpo.FIELD=VALUE; the "
+        "search still runs, to train the critics, but the policy does not learn from it, and policy-train.json counts "
+        "GRPO's sampled tokens apart from the search's), or none")
     lora_r: int = option(0, "train the policy through LoRA adapters of this rank (PEFT), merged after each phase; 0 = full fine-tuning")
     train_from: TrainFrom = option(
         "previous", "where each iteration's policy training starts: the previous policy, or the initial one "
@@ -118,6 +123,7 @@ class ImproveConfig:
     sft: SFTConfig = nested(_sft_defaults)
     dpo: DPOConfig = nested(DPOConfig)
     expert: ExpertConfig = nested(ExpertConfig)
+    grpo: GRPOConfig = nested(GRPOConfig)
     critic: CriticConfig = nested(_critic_defaults)
     search: MCTSConfig = nested(_search_defaults)
     eval_mcts: MCTSConfig = nested(_eval_mcts_defaults)

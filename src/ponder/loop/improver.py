@@ -16,6 +16,9 @@ from .config import CRITIC_KINDS, guide_terms, seeded
 from .imagine import held_out
 from .run import Run
 
+GRPO_ONE_PROCESS = ("--policy-update grpo trains in one process (its update is not data-parallel); "
+                    "run it without --train-launcher")
+
 
 class Improver:
     """The state of a run of the loop; the phases (``imagine``, ``search``, ...) are functions of it."""
@@ -29,6 +32,8 @@ class Improver:
         self.ray, self.workers = ray, workers
         self.pool = None  # Ray actors for search and evaluation, started on first use
         self.launcher = launcher  # e.g. "accelerate launch --multi_gpu --num_processes 8": trains the policy
+        if launcher and self.cfg.policy_update == "grpo":
+            raise PonderError(GRPO_ONE_PROCESS)
         self.tracker = Tracker()  # logs nothing until run_all (or a launched trainer) opens --report-to's backend
 
     # --- models -----------------------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """Phase 4, **train**: the policy and the critics, on the data extracted from the search.
 
 The policy by expert iteration (the search's improved policy at every searched state, plus SFT on the
-verified traces), by rejection-sampling fine-tuning alone, or by SFT then step-level DPO against the
-fine-tuned model; in this process, or in data-parallel ones under ``--train-launcher`` (each runs
-``train_policy_phase``). The critics (unlike AlphaLLM's, which stay frozen) by further training on the
+verified traces), by rejection-sampling fine-tuning alone, by SFT then step-level DPO against the
+fine-tuned model, or by GRPO on the iteration's training problems (its own samples, not the search's);
+in this process, or in data-parallel ones under ``--train-launcher`` (each runs ``train_policy_phase``;
+GRPO refuses it). The critics (unlike AlphaLLM's, which stay frozen) by further training on the
 new trees (``retrain_critics=False`` freezes them after iteration 1, as in the paper).
 """
 
@@ -22,8 +23,8 @@ from ..io import read_rows, write_text
 from ..tasks import Problem
 from ..tracking import get_tracker
 from ..train.parallel import is_main_process
-from .improver import Improver
-from .run import open_run, say
+from .improver import GRPO_ONE_PROCESS, Improver
+from .run import open_run, problem_rows, say
 
 
 def train_policy(imp: Improver, i: int, start: str) -> str:
@@ -36,17 +37,16 @@ def train_policy(imp: Improver, i: int, start: str) -> str:
     cfg, it = imp.cfg, imp.run.it(i)
     if cfg.policy_update == "none":
         return start
+    if cfg.policy_update == "grpo":
+        return train_grpo_policy(imp, i, start)
     sft = read_rows(it / "data" / "sft.jsonl")
     pairs = read_rows(it / "data" / "pairs.jsonl") if cfg.policy_update == "sft+dpo" else []
     targets = read_rows(it / "data" / "policy_targets.jsonl") if cfg.policy_update == "expert" else []
     if not sft and not pairs and not targets:
         say(f"iteration {i}: no verified trace and no step pair; the policy stays {start}")
         return start
-    info: dict[str, Any] = {"processes": int(os.environ.get("WORLD_SIZE", "1"))}
-    base = start if cfg.train_from == "previous" else imp.policy_path(0)
-    info["from"] = base
-    policy = imp.local_policy(base, "policy training")
-    imp.policy_cache = None  # the model is trained in place below
+    policy, info = training_start(imp, start)
+    base = info["from"]
     texts = [imp.task.segments(render_prompt(policy.tokenizer, imp.task, Problem.from_dict(r["problem"])), r["steps"])
              for r in sft]
     if targets:
@@ -105,24 +105,78 @@ def train_policy(imp: Improver, i: int, start: str) -> str:
     return str(it / "policy")
 
 
+def training_start(imp: Improver, start: str) -> tuple[Any, dict[str, Any]]:
+    """(the policy to train in place, the start of its policy-train.json record): the iteration's start
+    policy, or the initial one with ``--train-from initial``."""
+    base = start if imp.cfg.train_from == "previous" else imp.policy_path(0)
+    policy = imp.local_policy(base, "policy training")
+    imp.policy_cache = None  # the model is trained in place
+    return policy, {"processes": int(os.environ.get("WORLD_SIZE", "1")), "from": base}
+
+
 def train_expert_policy(imp: Improver, i: int, policy, targets: list[dict], texts: list, info: dict) -> str:
     """Expert iteration: the improved policy at every searched state, plus SFT on the verified traces."""
-    from ..train import save_checkpoint
     from ..train.expert import train_expert
-    from ..train.lora import lora_adapters
 
     cfg, it = imp.cfg, imp.run.it(i)
     say(f"iteration {i}: expert iteration on {len(targets)} searched states and {len(texts)} verified traces")
-    with lora_adapters(policy, cfg.lora_r):
+    return update_and_save(imp, i, policy, info, "expert", lambda log: train_expert(
+        policy, imp.task, targets, texts, replace(cfg.expert, seed=cfg.expert.seed + i), log, imp.progress,
+        imp.tracker.under(f"expert/iter-{i}")))
+
+
+def train_grpo_policy(imp: Improver, i: int, start: str) -> str:
+    """GRPO on iteration i's training problems (``iter-I/problems.jsonl``), from its start policy. The reward
+    is the verifier where the task can check every problem (a checkable task, or gold answers on every
+    training problem), else the newest ORM before this iteration. The search trees are not read; GRPO's
+    own compute (tokens sampled, seconds) goes to policy-train.json under ``grpo``."""
+    from ..critics import get_critic
+    from ..train.grpo import train_grpo
+
+    cfg, it = imp.cfg, imp.run.it(i)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise PonderError(GRPO_ONE_PROCESS)  # launched as `ponder train-policy` under accelerate
+    problems = problem_rows(it / "problems.jsonl")
+    orm = None
+    if not imp.task.checkable and any(p.reference is None for p in problems):
+        orm = imp.critic_dir(i - 1, "orm")
+        if orm is None:
+            raise PonderError(f"--policy-update grpo needs a verifier or an ORM: task {imp.task.name!r} cannot check "
+                              f"iteration {i}'s problems without their gold answers, and no ORM was trained before "
+                              f"iteration {i}")
+    policy, info = training_start(imp, start)
+    critic = get_critic(f"orm:{orm}", imp.task, policy) if orm else None
+    info["reward"] = f"orm:{orm}" if orm else "verifier" if imp.task.checkable else "gold answers"
+    gcfg = replace(cfg.grpo, seed=cfg.grpo.seed + i)
+    say(f"iteration {i}: GRPO on {len(problems)} training problems ({gcfg.steps} steps of {gcfg.problems_per_step} "
+        f"x {gcfg.group_size} traces, reward: {info['reward']})")
+    return update_and_save(imp, i, policy, info, "grpo", lambda log: train_grpo(
+        policy, imp.task, problems, gcfg, log, imp.progress, imp.tracker.under(f"grpo/iter-{i}"), critic=critic))
+
+
+def update_and_save(imp: Improver, i: int, policy, info: dict, name: str, train) -> str:
+    """``info[name] = train(log)``: a policy update in place (through LoRA adapters with ``--lora-r``) that
+    appends its loss curve to ``log`` (``iter-I/NAME.losses.jsonl``, started afresh: a phase redone after a
+    crash has one curve); then the policy and policy-train.json are saved and the new policy's path returned.
+    A ``PonderError`` (a NaN loss) keeps the policy the iteration started from."""
+    from ..train import save_checkpoint
+    from ..train.lora import lora_adapters
+
+    it = imp.run.it(i)
+    log = it / f"{name}.losses.jsonl"
+    if is_main_process():
+        log.unlink(missing_ok=True)
+    with lora_adapters(policy, imp.cfg.lora_r):
         try:
-            info["expert"] = train_expert(policy, imp.task, targets, texts, replace(cfg.expert, seed=cfg.expert.seed + i),
-                                          it / "expert.losses.jsonl", imp.progress, imp.tracker.under(f"expert/iter-{i}"))
-        except PonderError as e:  # a NaN loss: this iteration's policy stays the one it started from
+            info[name] = train(log)
+        except PonderError as e:
             say(f"iteration {i}: {e}; the policy stays {info['from']}")
-            write_text(it / "policy-train.json", json.dumps({"expert": {"error": str(e)}}, indent=2))
+            if is_main_process():
+                write_text(it / "policy-train.json", json.dumps({name: {"error": str(e)}}, indent=2))
             return info["from"]
-    save_checkpoint(policy.model, policy.tokenizer, it / "policy")
-    write_text(it / "policy-train.json", json.dumps(info, indent=2))
+    if is_main_process():
+        save_checkpoint(policy.model, policy.tokenizer, it / "policy")
+        write_text(it / "policy-train.json", json.dumps(info, indent=2))
     return str(it / "policy")
 
 
