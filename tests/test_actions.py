@@ -228,6 +228,24 @@ def test_rescaled_targets_pick_the_winning_move_when_the_mean_q_is_small():
     assert flat.tolist() == pytest.approx(torch.softmax(logits, -1).tolist())  # all alike: the prior, no NaN
 
 
+def test_policy_targets_only_where_the_verifier_met_a_win_below():
+    p = puzzle(4, 6, 1, 1)
+    root = Node()
+    kids = [root.add(TASK.observe(p, [], a)) for a in ("4 * 6 =", "1 + 1 =")]
+    for c, v in zip(kids, (0.7, 0.1)):  # the children's values differ by a critic's guess alone
+        c.visits, c.value_sum = 1, v
+    root.visits, root.value_sum = 2, 0.8
+    assert data.policy_targets(p, root, TASK) == []
+    win = kids[0].add(TASK.observe(p, [kids[0].step], "24 * 1 ="))
+    win.add(TASK.observe(p, [kids[0].step, win.step], "24 * 1 =")).terminal = True
+    leaf = win.children[0]
+    leaf.reward, leaf.visits, leaf.value_sum = 1.0, 1, 1.0
+    assert TASK.reward(p, leaf.steps()) == 1
+    rows = data.policy_targets(p, root, TASK)
+    assert [r["prefix"] for r in rows] == [[]]  # the root: a verified win is below it (kids[0] has one child only)
+    assert data.met_a_win(root) == {root, kids[0], win, leaf}
+
+
 def test_proven_values_come_from_the_verifier_and_full_expansion_only():
     p = puzzle(1, 1, 1, 1)  # unsolvable; every legal path fails
     root = Node()

@@ -112,13 +112,17 @@ def policy_targets(problem: Problem, tree: Node, task: Task, min_visits: int = 2
     all: what the model wrote for each child's action, its visit count and Q, and the state's own value.
     ``expert.searched_states`` turns them into improved-policy targets over every legal action.
 
-    A state where every child's Q equals the state's value (on a hard problem: all 0, nothing found) is
-    left out: its improved policy is the prior itself, so it would cost a forward pass to teach nothing
-    (on the demo's first iteration that is 94% of the searched states)."""
+    A state is kept only where the verifier met a win below it (a trace rated 1 in the tree, or a rollout
+    that reached one): elsewhere the children's Q-values differ by the critic's guesses alone, or not
+    at all, and the rescaled target would teach that noise as if it were the search's finding. (On the
+    demo's second iteration, guided by critics, 13,100 states passed the old rule, every child's Q
+    equal or not; most of them were dead ends, and the top action of the targets at the solvable ones
+    kept 24 reachable at 75-78% of them at depths 0 and 1, against 98-100% in the unguided first.)"""
+    won = met_a_win(tree)
     out = []
     for node in tree:
         kids = node.children
-        if not kids or sum(c.visits for c in kids) < min_visits:
+        if not kids or sum(c.visits for c in kids) < min_visits or node not in won:
             continue
         if all(abs(c.q - node.q) < 1e-9 for c in kids):
             continue
@@ -127,6 +131,22 @@ def policy_targets(problem: Problem, tree: Node, task: Task, min_visits: int = 2
             "actions": [task.action_of(c.step) if task.observes else c.step for c in kids],
             "visits": [c.visits for c in kids], "q": [round(c.q, 6) for c in kids], "value": round(node.q, 6),
         })
+    return out
+
+
+def met_a_win(tree: Node) -> set[Node]:
+    """The nodes with a win below them (themselves included) that the verifier rated: a terminal node
+    rewarded 1, or a node one of whose rollouts reached a correct answer."""
+    out: set[Node] = set()
+
+    def visit(n: Node) -> bool:
+        below = [visit(c) for c in n.children]  # every child visited, so the whole tree is marked
+        here = (n.terminal and (n.reward or 0) >= 1) or (n.scores.get("rollout") or 0) > 0 or any(below)
+        if here:
+            out.add(n)
+        return here
+
+    visit(tree)
     return out
 
 
