@@ -43,6 +43,7 @@ from ponder.search import SearchEnv, State, get_method
 from ponder.search.beam import BeamConfig
 from ponder.tasks import get_task
 from ponder.tasks.game24 import apply_step, replay
+from ponder.tracking import HELP as TRACK_HELP, get_tracker
 from ponder.train.critic import auc
 
 
@@ -158,7 +159,10 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--floors", action="store_true", help="also the random and exact critics over all legal actions")
+    ap.add_argument("--report-to", default="none", help="also log each row, as ladder/RUNG at step = iteration, to the "
+                    "run's own tracker: " + TRACK_HELP)
     args = ap.parse_args()
+    tracker = get_tracker(args.report_to, args.run)
     task = get_task("game24")
     problems = task.problems("test")[: args.limit]
     iters = sorted(int(p.name.split("-")[1]) for p in args.run.glob("iter-*") if (p / "phases.json").exists())
@@ -170,6 +174,8 @@ def main() -> None:
                 fh.write(json.dumps(rows[-1]) + "\n")
                 fh.flush()
                 print(json.dumps(rows[-1]), flush=True)
+                tracker.log({k: v for k, v in rows[-1].items() if k != "iteration"}, i, prefix="ladder")
+    tracker.close()
     if args.floors:
         policy = load_policy(json.loads((args.run / "iter-0" / "phases.json").read_text())["policy"], device="cpu")
         for name, critic in (("random", Random(args.seed)), ("exact", Exact(task))):
