@@ -54,17 +54,7 @@ def targets_of(problem, tree, task, mode):
     proven = data.proven_values(problem, tree, task)
     mx = max_values(tree) if mode == "max" else {}
     val = (lambda n: proven.get(n, n.q)) if mode == "proven" else (lambda n: proven.get(n, mx[n]))
-    out = []
-    for node in tree:
-        kids = node.children
-        if not kids or sum(c.visits for c in kids) < 2:
-            continue
-        qs = [val(c) for c in kids]
-        if all(abs(q - val(node)) < 1e-9 for q in qs):
-            continue
-        out.append({"problem": problem.to_dict(), "prefix": node.steps(), "actions": [task.action_of(c.step) for c in kids],
-                    "visits": [c.visits for c in kids], "q": qs, "value": val(node)})
-    return out
+    return data.policy_targets(problem, tree, task, value=val)
 
 
 def main(argv=None) -> None:

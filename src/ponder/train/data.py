@@ -107,9 +107,11 @@ def critic_records(problem: Problem, tree: Node, label: Callable[[Node], float |
     return [{"problem": problem.to_dict(), "steps": s, "labels": y} for s, y in labelled_paths(tree, label)]
 
 
-def policy_targets(problem: Problem, tree: Node, task: Task, min_visits: int = 2) -> list[Record]:
+def policy_targets(problem: Problem, tree: Node, task: Task, min_visits: int = 2,
+                   value: Callable[[Node], float] | None = None) -> list[Record]:
     """One record per expanded state whose children the search visited at least ``min_visits`` times in
-    all: what the model wrote for each child's action, its visit count and Q, and the state's own value.
+    all: what the model wrote for each child's action, its visit count and Q, and the state's own value
+    (Q is the mean backed-up value, or ``value(node)`` where given, e.g. a proven value).
     ``expert.searched_states`` turns them into improved-policy targets over every legal action.
 
     A state is kept only where the verifier met a win below it (a trace rated 1 in the tree, or a rollout
@@ -118,18 +120,20 @@ def policy_targets(problem: Problem, tree: Node, task: Task, min_visits: int = 2
     demo's second iteration, guided by critics, 13,100 states passed the old rule, every child's Q
     equal or not; most of them were dead ends, and the top action of the targets at the solvable ones
     kept 24 reachable at 75-78% of them at depths 0 and 1, against 98-100% in the unguided first.)"""
+    q_of = value or (lambda n: n.q)
     won = met_a_win(tree)
     out = []
     for node in tree:
         kids = node.children
         if not kids or sum(c.visits for c in kids) < min_visits or node not in won:
             continue
-        if all(abs(c.q - node.q) < 1e-9 for c in kids):
+        qs, v = [q_of(c) for c in kids], q_of(node)
+        if all(abs(q - v) < 1e-9 for q in qs):
             continue
         out.append({
             "problem": problem.to_dict(), "prefix": node.steps(),
             "actions": [task.action_of(c.step) if task.observes else c.step for c in kids],
-            "visits": [c.visits for c in kids], "q": [round(c.q, 6) for c in kids], "value": round(node.q, 6),
+            "visits": [c.visits for c in kids], "q": [round(q, 6) for q in qs], "value": round(v, 6),
         })
     return out
 
