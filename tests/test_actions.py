@@ -20,7 +20,7 @@ from ponder.search import Node, SearchEnv, State, get_method
 from ponder.search.env import gumbel_top_k, softmax
 from ponder.search.mcts import MCTSConfig
 from ponder.tasks import Problem, get_task
-from ponder.tasks.game24 import Game24, apply_step, replay
+from ponder.tasks.game24 import Game24, apply_step, parse_step, replay
 from ponder.train import data
 from ponder.train.expert import ExpertConfig, searched_states, train_expert
 from ponder.train.losses import improved_policy, policy_target_loss
@@ -59,13 +59,29 @@ def test_actions_on_equal_numbers_are_listed_once_and_zero_is_never_a_divisor():
     p = puzzle(3, 3, 3, 3)
     assert TASK.legal_actions(p, []) == ["3 + 3 =", "3 - 3 =", "3 * 3 =", "3 / 3 ="]  # both orders are one text
     s1 = TASK.observe(p, [], "3 - 3 =")
-    assert s1 == "3 - 3 = 0 (left: 3 3 0)\n"
+    assert s1 == "3 - 3 = 0 (left: 0 3 3)\n"
     acts = TASK.legal_actions(p, [s1])
     assert "3 / 0 =" not in acts and "0 / 3 =" in acts
     assert TASK.observe(p, [s1], "3 / 0 =") is None  # the observation cannot be computed: not a step
     assert TASK.observe(p, [], "7 + 3 =") is None  # an operand that is not there
     assert TASK.observe(p, [], "three plus three") is None
     assert TASK.legal_actions(p, [s1, "bad step\n"]) == []  # a dead state has no action
+
+
+def test_observations_write_the_numbers_left_sorted_and_free_text_keeps_their_order():
+    # one text per state, whichever pair was combined: what a critic and the policy read
+    p = puzzle(1, 4, 6, 8)
+    assert TASK.observe(p, [], "6 - 4 =") == "6 - 4 = 2 (left: 1 2 8)\n"
+    assert TASK.observe(p, [], "8 - 6 =") == "8 - 6 = 2 (left: 1 2 4)\n"
+    rng = random.Random(0)
+    for trace in (TASK.random_trace((1, 4, 6, 8), rng) for _ in range(20)):  # bootstrap traces read the same
+        for step in trace:
+            left = parse_step(step)[4]
+            assert left == sorted(left)
+    free = Game24(free_text=True)  # the model writes the step: untouched numbers in order, then the result
+    steps = [s for _ in range(20) for s in free.random_trace((1, 4, 6, 8), rng)]
+    assert all(parse_step(s)[4][-1] == parse_step(s)[3] for s in steps)
+    assert any(parse_step(s)[4] != sorted(parse_step(s)[4]) for s in steps)
 
 
 def test_no_action_is_a_prefix_of_another():

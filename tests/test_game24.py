@@ -85,10 +85,10 @@ def test_the_legal_actions_follow_the_state_fractions_included(task):
     p = puzzle(1, 3, 4, 6)
     first, second = (task.action_of(s) for s in FRACTION_SOLUTION[:2])
     assert (first, second) == ("3 / 4 =", "1 - 3/4 =")
-    assert first in task.legal_actions(p, []) and task.observe(p, [], first) == "3 / 4 = 3/4 (left: 1 6 3/4)\n"
+    assert first in task.legal_actions(p, []) and task.observe(p, [], first) == "3 / 4 = 3/4 (left: 3/4 1 6)\n"
     assert second not in task.legal_actions(p, []) and task.observe(p, [], second) is None  # 3/4 is not there yet
     assert second in task.legal_actions(p, FRACTION_SOLUTION[:1])
-    assert task.observe(p, FRACTION_SOLUTION[:1], second) == "1 - 3/4 = 1/4 (left: 6 1/4)\n"
+    assert task.observe(p, FRACTION_SOLUTION[:1], second) == "1 - 3/4 = 1/4 (left: 1/4 6)\n"
     assert task.legal_actions(p, ["1 + 1 = 2 (left: 2 4 6)\n"]) == []  # dead state
 
 

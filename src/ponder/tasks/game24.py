@@ -3,8 +3,11 @@
 A step is one operation on two of the remaining numbers, written ``4 + 8 = 12 (left: 1 6 12)``.
 The model writes the action (``4 + 8``) and, unless ``free_text``, the task writes its observation
 (`` = 12 (left: 1 6 12)``), as a calculator would; ``legal_actions`` lists every legal operation, so a
-search can score them all. The "left" list is the untouched numbers in their current order, then the result. (That order is
-only how traces are written, so a model copies rather than sorts; any order is legal.) Arithmetic is exact (``fractions.Fraction``), so ``6 / (1 - 3/4)``
+search can score them all. The "left" list is, where the task writes it, the numbers left in ascending order: one
+text per state whichever pair was combined, which a critic learns far better from (a value head trained on exact
+labels ranks the states one step from unseen puzzles at AUC 0.87 sorted, 0.80 unsorted; ``bench/learnability.py``).
+In free text the model writes it, and it is the untouched numbers in their current order, then the result, so a
+model copies rather than sorts. Any order is legal. Arithmetic is exact (``fractions.Fraction``), so ``6 / (1 - 3/4)``
 works. The puzzles are the 1,362 of Tree of Thoughts (ranked by human solving time); train = ranks
 1-900, test = ranks 901-1000, the 100 puzzles ToT reports on. Ranks 1001-1362 belong to neither.
 
@@ -224,7 +227,7 @@ class Game24(Task):
                 continue
             op = rng.choice(ops)
             rest = [x for k, x in enumerate(numbers) if k not in (i, j)] + [apply(a, op, b)]
-            steps.append(format_step(a, op, b, rest))
+            steps.append(self.step_text(a, op, b, rest))
             numbers = rest
         return steps
 
@@ -299,8 +302,13 @@ class Game24(Task):
                     out.setdefault(f"{fmt(a)} {op} {fmt(b)} =", None)
         return list(out)
 
+    def step_text(self, a: Fraction, op: str, b: Fraction, left: Sequence[Fraction]) -> str:
+        """A whole step as this task writes it: the numbers left sorted where the task observes (see the
+        module docstring), as given in free text."""
+        return format_step(a, op, b, sorted(left) if self.observes else left)
+
     def observe(self, problem: Problem, steps: Sequence[str], action: str) -> str | None:
-        """``4 + 8 =`` -> ``4 + 8 = 12 (left: 1 6 12)\n`` where both operands are left; None if not."""
+        """``6 + 8 =`` -> ``6 + 8 = 14 (left: 1 4 14)\n`` where both operands are left; None if not."""
         m = _ACTION.match(action)
         numbers = replay(self.numbers(problem), steps)
         if m is None or numbers is None:
@@ -313,7 +321,7 @@ class Game24(Task):
         rest = take(numbers, a, b)
         if rest is None or apply(a, op, b) is None:
             return None
-        return format_step(a, op, b, rest + [apply(a, op, b)])
+        return self.step_text(a, op, b, rest + [apply(a, op, b)])
 
     def action_of(self, step: str) -> str:
         """``4 + 8 = 12 (left: 1 6 12)\n`` -> ``4 + 8 =``: the model's part ends with its action stop, so
