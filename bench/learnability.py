@@ -17,6 +17,11 @@ loss (``train_expert``) the loop uses.
 - ``step``: the log-prob of the whole step with the task's observation (``4 + 8 = 12 (left: 1 6 12)``),
   so the prior can judge the numbers left, which the task computed.
 
+``--learn value`` trains a value head instead (from the policy's backbone, exact labels at every legal
+first step and below a few solvable ones; ``--labels FILE`` trains it on a run's own critic records
+instead) and measures its AUC against exact solvability on every legal state one action from the
+validation puzzles, as ``bench/ladder.py`` does on the test ones.
+
 Prints one JSON line: greedy by depth and the greedy solve rate on the validation puzzles before and
 after training, and on 100 of the training puzzles (fit).
 """
@@ -30,6 +35,7 @@ import sys
 import time
 from pathlib import Path
 
+from ponder.io import read_rows
 from ponder.models import load_policy
 from ponder.tasks import Problem
 from ponder.tasks.game24 import Game24, apply_step, format_step, parse_step, replay
@@ -112,7 +118,10 @@ def value_probe(args, task: Game24, train: list[Problem], val: list[Problem]) ->
     from ponder.critics.scalar import ScalarCritic
     from ponder.train.critic import CriticConfig, auc, train_critic
 
-    records = value_records(task, train, args.per_depth, random.Random(args.seed))
+    if args.labels:  # the loop's own labels (an iteration's data/value.jsonl) instead of exact ones
+        records = read_rows(args.labels)
+    else:
+        records = value_records(task, train, args.per_depth, random.Random(args.seed))
     critic = ScalarCritic.from_policy(load_policy(args.policy, device="cpu"), task, "value", seed=args.seed)
     states = [(p, [task.observe(p, [], a)]) for p in val for a in task.legal_actions(p, [])]
     truth = torch.tensor([task.can_reach(p, s) for p, s in states])
@@ -142,6 +151,8 @@ def main(argv=None) -> None:
     ap.add_argument("--learn", choices=["policy", "value"], default="policy",
                     help="what learns from the exact targets: the policy (greedy by depth) or a value head (AUC)")
     ap.add_argument("--balance", type=float, default=0.25, help="value: share of each batch from solvable paths")
+    ap.add_argument("--labels", type=Path, default=None,
+                    help="value: train on these critic records (a run's iter-I/data/value.jsonl) instead of exact labels")
     ap.add_argument("--sorted-left", action="store_true", help="observations list the numbers left sorted")
     args = ap.parse_args(argv)
     task = WholeSteps() if args.score == "step" else SortedLeft() if args.sorted_left else Game24()
@@ -150,7 +161,7 @@ def main(argv=None) -> None:
     pool = [p for p in task.imagine(args.puzzles + 200, seed=args.seed * 7919 + 2) if p.question not in held]
     train = [p for p in pool if task.can_reach(p, [])][: args.puzzles]
     if args.learn == "value":
-        print(json.dumps({"args": vars(args), "puzzles": len(train), **value_probe(args, task, train, val)}))
+        print(json.dumps({"args": vars(args), "puzzles": len(train), **value_probe(args, task, train, val)}, default=str))
         return
     records = exact_records(task, train, args.per_depth, random.Random(args.seed))
     policy = load_policy(args.policy, device="cpu")
