@@ -38,7 +38,7 @@ from pathlib import Path
 from ponder.io import read_rows
 from ponder.models import load_policy
 from ponder.tasks import Problem
-from ponder.tasks.game24 import Game24, apply_step, format_step, parse_step, replay
+from ponder.tasks.game24 import Game24, apply_step, format_step, replay
 from ponder.train.expert import ExpertConfig, train_expert
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -63,14 +63,12 @@ class WholeSteps(Game24):
         return step
 
 
-class SortedLeft(Game24):
-    """Game of 24 whose observations list the numbers left in ascending order: one text per state,
-    whichever pair was combined."""
+class CopiedLeft(Game24):
+    """Game of 24 as it was written before the numbers left were sorted: the untouched numbers in their
+    order, then the result (as the model writes them in free text)."""
 
-    def observe(self, problem, steps, action):
-        step = super().observe(problem, steps, action)
-        parsed = step and parse_step(step)
-        return step and format_step(parsed[0], parsed[1], parsed[2], sorted(parsed[4]))
+    def step_text(self, a, op, b, left):
+        return format_step(a, op, b, left)
 
 
 def exact_records(task: Game24, problems: list[Problem], per_depth: int, rng: random.Random) -> list[dict]:
@@ -153,9 +151,10 @@ def main(argv=None) -> None:
     ap.add_argument("--balance", type=float, default=0.25, help="value: share of each batch from solvable paths")
     ap.add_argument("--labels", type=Path, default=None,
                     help="value: train on these critic records (a run's iter-I/data/value.jsonl) instead of exact labels")
-    ap.add_argument("--sorted-left", action="store_true", help="observations list the numbers left sorted")
+    ap.add_argument("--copied-left", action="store_true",
+                    help="observations list the numbers left unsorted, as before (the task now sorts them)")
     args = ap.parse_args(argv)
-    task = WholeSteps() if args.score == "step" else SortedLeft() if args.sorted_left else Game24()
+    task = WholeSteps() if args.score == "step" else CopiedLeft() if args.copied_left else Game24()
     val = task.imagine(100, seed=args.seed * 7919 + 1)  # the loop's validation puzzles (loop.imagine.held_out)
     held = {p.question for p in val}
     pool = [p for p in task.imagine(args.puzzles + 200, seed=args.seed * 7919 + 2) if p.question not in held]
