@@ -19,7 +19,8 @@ loss (``train_expert``) the loop uses.
 
 ``--learn value`` trains a value head instead (from the policy's backbone, exact labels at every legal
 first step and below a few solvable ones; ``--labels FILE`` trains it on a run's own critic records
-instead) and measures its AUC against exact solvability on every legal state one action from the
+instead, ``--search FILE [--pool-proofs]`` on the states of a run's search labelled as the loop labels
+them, optionally with proofs shared between trees by position) and measures its AUC against exact solvability on every legal state one action from the
 validation puzzles, as ``bench/ladder.py`` does on the test ones.
 
 Prints one JSON line: greedy by depth and the greedy solve rate on the validation puzzles before and
@@ -108,6 +109,33 @@ def value_records(task: Game24, problems: list[Problem], per_depth: int, rng: ra
     return out
 
 
+def search_records(path: Path, task: Game24, pool: bool) -> list[dict]:
+    """The value records the loop extracts from a run's ``search.jsonl`` (proven value, else Q); with
+    ``pool``, a position proven in any of its trees labels the same numbers left, unproven, in every
+    other (a transposition table; proofs come from the verifier only, so none conflict)."""
+    from ponder.search.tree import Node
+    from ponder.train import data
+
+    searched = [(Problem(r["problem_id"], r["question"], r.get("reference"), r.get("meta") or {}), Node.from_dict(r["tree"]))
+                for r in read_rows(path)]
+    def key(p, n):
+        left = replay(task.numbers(p), n.steps())
+        return None if left is None else tuple(sorted(left))
+
+    proofs = [data.proven_values(p, tree, task) for p, tree in searched]
+    table = {key(p, n): v for (p, _), proven in zip(searched, proofs) for n, v in proven.items()} if pool else {}
+    table.pop(None, None)
+    out = []
+    for (p, tree), proven in zip(searched, proofs):
+        def label(n, p=p, proven=proven):
+            if n in proven:
+                return proven[n]
+            return table.get(key(p, n), data.value_label(n))
+
+        out += data.critic_records(p, tree, label)
+    return out
+
+
 def value_probe(args, task: Game24, train: list[Problem], val: list[Problem]) -> dict:
     """Train a value head from the policy's backbone on exact labels; AUC against exact solvability on
     every legal state one action from the validation puzzles, as the ladder measures it on the test ones."""
@@ -118,6 +146,8 @@ def value_probe(args, task: Game24, train: list[Problem], val: list[Problem]) ->
 
     if args.labels:  # the loop's own labels (an iteration's data/value.jsonl) instead of exact ones
         records = read_rows(args.labels)
+    elif args.search:
+        records = search_records(args.search, task, args.pool_proofs)
     else:
         records = value_records(task, train, args.per_depth, random.Random(args.seed))
     critic = ScalarCritic.from_policy(load_policy(args.policy, device="cpu"), task, "value", seed=args.seed)
@@ -151,6 +181,10 @@ def main(argv=None) -> None:
     ap.add_argument("--balance", type=float, default=0.25, help="value: share of each batch from solvable paths")
     ap.add_argument("--labels", type=Path, default=None,
                     help="value: train on these critic records (a run's iter-I/data/value.jsonl) instead of exact labels")
+    ap.add_argument("--search", type=Path, default=None,
+                    help="value: label the states of this search.jsonl as the loop does (proven value, else Q)")
+    ap.add_argument("--pool-proofs", action="store_true",
+                    help="with --search: a position proven in one tree labels the same numbers left in every other")
     ap.add_argument("--copied-left", action="store_true",
                     help="observations list the numbers left unsorted, as before (the task now sorts them)")
     args = ap.parse_args(argv)
