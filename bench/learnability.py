@@ -109,7 +109,7 @@ def value_records(task: Game24, problems: list[Problem], per_depth: int, rng: ra
     return out
 
 
-def search_records(path: Path, task: Game24, pool: bool) -> list[dict]:
+def search_records(path: Path, task: Game24, pool: bool, exact: bool = False) -> list[dict]:
     """The value records the loop extracts from a run's ``search.jsonl`` (proven value, else Q); with
     ``pool``, a position proven in any of its trees labels the same numbers left, unproven, in every
     other (a transposition table; proofs come from the verifier only, so none conflict)."""
@@ -128,6 +128,8 @@ def search_records(path: Path, task: Game24, pool: bool) -> list[dict]:
     out = []
     for (p, tree), proven in zip(searched, proofs):
         def label(n, p=p, proven=proven):
+            if exact:  # the same states, labelled by the solver: label noise removed, coverage kept
+                return float(task.can_reach(p, n.steps())) if n.visits > 0 or n.terminal else None
             if n in proven:
                 return proven[n]
             return table.get(key(p, n), data.value_label(n))
@@ -147,7 +149,7 @@ def value_probe(args, task: Game24, train: list[Problem], val: list[Problem]) ->
     if args.labels:  # the loop's own labels (an iteration's data/value.jsonl) instead of exact ones
         records = read_rows(args.labels)
     elif args.search:
-        records = search_records(args.search, task, args.pool_proofs)
+        records = search_records(args.search, task, args.pool_proofs, args.exact_labels)
     else:
         records = value_records(task, train, args.per_depth, random.Random(args.seed))
     critic = ScalarCritic.from_policy(load_policy(args.policy, device="cpu"), task, "value", seed=args.seed)
@@ -185,6 +187,8 @@ def main(argv=None) -> None:
                     help="value: label the states of this search.jsonl as the loop does (proven value, else Q)")
     ap.add_argument("--pool-proofs", action="store_true",
                     help="with --search: a position proven in one tree labels the same numbers left in every other")
+    ap.add_argument("--exact-labels", action="store_true",
+                    help="with --search: label those same states by exact solvability (what coverage alone allows)")
     ap.add_argument("--copied-left", action="store_true",
                     help="observations list the numbers left unsorted, as before (the task now sorts them)")
     args = ap.parse_args(argv)
