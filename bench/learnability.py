@@ -19,9 +19,10 @@ loss (``train_expert``) the loop uses.
 
 ``--learn value`` trains a value head instead (from the policy's backbone, exact labels at every legal
 first step and below a few solvable ones; ``--labels FILE`` trains it on a run's own critic records
-instead, ``--search FILE [--pool-proofs]`` on the states of a run's search labelled as the loop labels
-them, optionally with proofs shared between trees by position) and measures its AUC against exact solvability on every legal state one action from the
-validation puzzles, as ``bench/ladder.py`` does on the test ones.
+instead, ``--search FILE`` on the states of a run's search labelled as the loop labels them, with
+``--pool-proofs`` sharing proofs between trees by position, with ``--exact-labels`` labelled by the
+solver instead) and measures its AUC against exact solvability on every legal state one action from
+the validation puzzles, as ``bench/ladder.py`` does on the test ones.
 
 Prints one JSON line: greedy by depth and the greedy solve rate on the validation puzzles before and
 after training, and on 100 of the training puzzles (fit).
@@ -112,12 +113,14 @@ def value_records(task: Game24, problems: list[Problem], per_depth: int, rng: ra
 def search_records(path: Path, task: Game24, pool: bool, exact: bool = False) -> list[dict]:
     """The value records the loop extracts from a run's ``search.jsonl`` (proven value, else Q); with
     ``pool``, a position proven in any of its trees labels the same numbers left, unproven, in every
-    other (a transposition table; proofs come from the verifier only, so none conflict)."""
+    other (a transposition table; proofs come from the verifier only, so none conflict); with ``exact``,
+    the same states labelled by exact solvability instead."""
     from ponder.search.tree import Node
     from ponder.train import data
 
     searched = [(Problem(r["problem_id"], r["question"], r.get("reference"), r.get("meta") or {}), Node.from_dict(r["tree"]))
                 for r in read_rows(path)]
+
     def key(p, n):
         left = replay(task.numbers(p), n.steps())
         return None if left is None else tuple(sorted(left))
