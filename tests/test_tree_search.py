@@ -3,6 +3,7 @@ smoke run of each on Game of 24 with a real (untrained) model."""
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
 
@@ -63,16 +64,24 @@ class FakeCritic:
 class FakeEnv:
     """Exposes what the tree searches use of ``SearchEnv``: expand (sample j of a state is its child
     ``j mod #children``, one token each), score, rollout (sample j always takes child ``j mod #children``),
-    task, critic, the task's verdicts, take_compute (forward calls = states expanded). Records the states
-    of every call."""
+    task, critic, the task's verdicts, take_compute (forward calls = states expanded), over_budget (with
+    ``budget`` = N, a problem affords N expansions). Records the states of every
+    call."""
 
     lists_actions = False
 
-    def __init__(self, spec: Spec):
+    def __init__(self, spec: Spec, budget: int | None = None):
         self.task, self.spec, self.critic = FakeTask(spec), spec, FakeCritic(spec)
+        self.budget = budget
         self.proposed: list[list[State]] = []
         self.scored: list[list[State]] = []
         self.rolled: list[list[State]] = []
+
+    def expanded(self, problem) -> int:
+        return sum(s.problem == problem for call in self.proposed for s in call)
+
+    def affordable(self, problem, done) -> float:
+        return math.inf if self.budget is None else self.budget - self.expanded(problem)
 
     def is_terminal(self, problem, steps) -> bool:
         return self.task.is_terminal(problem, steps)
@@ -107,7 +116,7 @@ class FakeEnv:
         return out
 
     def take_compute(self, problem) -> Compute:
-        return Compute(forward_calls=sum(s.problem == problem for call in self.proposed for s in call))
+        return Compute(forward_calls=self.expanded(problem))
 
 
 def problems(n: int = 1) -> list[Problem]:

@@ -42,6 +42,21 @@ def _add_task_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--free-text", action="store_true",
                    help="the model writes every step whole; by default, where the task can, the model writes only the "
                         "action and the task its observation, and searches score every legal action")
+    _add_task_option_arg(p)
+
+
+def _add_task_option_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="one of the task's own knobs, repeatable: countdown takes n_numbers, min_number, max_number, "
+                        "min_target, max_target, test_size, validation_size (e.g. --task-option n_numbers=5); "
+                        "arithmetic operands, digits, seed, n_test, n_train")
+
+
+def _task(args):
+    """The task of --task, --data, --free-text and --task-option."""
+    from .tasks import get_task, parse_task_options
+
+    return get_task(args.task, args.data, args.free_text, **parse_task_options(args.task_option))
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -107,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(t, TinyConfig)
 
     s = sub.add_parser("solve", help="solve one problem given on the command line")
-    s.add_argument("problem", help="the problem, e.g. '4 9 10 13' for game24")
+    s.add_argument("problem", help="the problem, e.g. '4 9 10 13' for game24, '3 4 25 50 -> 21' for countdown")
     _add_task_args(s)
     _add_model_args(s)
     _add_method_args(s)
@@ -116,7 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_task_args(e)
     _add_model_args(e)
     _add_method_args(e)
-    e.add_argument("--split", default="test", choices=["train", "test"])
+    e.add_argument("--split", default="test", choices=["train", "validation", "test"],
+                   help="the problems to evaluate on (validation: held out like test, for choosing settings; "
+                        "countdown has one)")
     e.add_argument("--limit", type=_positive_int("limit"), help="first N problems of the split")
     e.add_argument("--batch", type=_positive_int("batch"), default=32, help="problems searched together (default 32)")
     e.add_argument("--out", help="JSONL run file (appended to and resumed; default: runs/eval/TASK-METHOD.jsonl)")
@@ -132,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any option, nested ones too: --set search.simulations=24 --set dpo.beta=0.2")
     i.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_task_option_arg(i)
     _add_ray_args(i)
     i.add_argument("--train-launcher", metavar="CMD",
                    help="train the policy in data-parallel processes: the launcher command, e.g. "
@@ -161,9 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--model", help="the DPO-trained policy (a model folder, .gguf or smollm2), with --reference")
     c.add_argument("--reference", help="the reference model the policy was trained against")
     c.add_argument("--beta", type=float, help="DPO beta (default: the run's with --iteration, else 0.1)")
-    c.add_argument("--problem", help="the problem text, e.g. '4 9 10 13' for game24")
+    c.add_argument("--problem", help="the problem text, e.g. '4 9 10 13' for game24, '3 4 25 50 -> 21' for countdown")
     c.add_argument("--index", type=int, help="or: problem INDEX (from 0) of --split")
-    c.add_argument("--split", default="test", choices=["train", "test"])
+    c.add_argument("--split", default="test", choices=["train", "validation", "test"])
     c.add_argument("--steps", metavar="FILE", help="the trace to read (a text file, split into steps by the task); "
                    "default: the policy's greedy trace")
     c.add_argument("--sample", action="store_true", help="sample the trace at temperature 1 instead of greedy")
@@ -177,13 +195,12 @@ def cmd_train(args) -> None:
     import torch
 
     from .models.tiny import TinyConfig, tiny_model
-    from .tasks import get_task
     from .train import SFTConfig, train_sft
 
     from .io import check_out_dir
     from .tracking import get_tracker, require
 
-    task = get_task(args.task, args.data, args.free_text)
+    task = _task(args)
     cfg = config_from(SFTConfig, args)
     require(args.report_to)
     check_out_dir(Path(args.out).parent, f"--out {args.out}")
@@ -205,7 +222,8 @@ def cmd_train(args) -> None:
     if args.report_to != "none":
         shutil.rmtree(tracking, ignore_errors=True)  # like OUT.losses.jsonl: one train's curve, not a pile of them
     # the run's hyper-parameters: task, init, lr, steps, ..., and a fresh model's tiny.hidden_size, ...
-    config = {"task": task.name, "data": args.data, "free_text": task.free_text, "init": args.init, **to_dict(cfg),
+    config = {"task": task.name, "data": args.data, "free_text": task.free_text, "task_options": dict(task.options),
+              "init": args.init, **to_dict(cfg),
               **({"tiny": tiny} if tiny else {})}
     tracker = get_tracker(args.report_to, tracking, Path(args.out).name, config)
     try:
@@ -221,9 +239,8 @@ def _setup(args):
     """Task, method, config and critic spec: everything checked before the (slow) model load."""
     from .critics import parse_critic
     from .search import get_method
-    from .tasks import get_task
 
-    task = get_task(args.task, args.data, args.free_text)
+    task = _task(args)
     method = get_method(args.method)
     cfg = config_from(method.config, args, args.config, exclusive=True, seed=getattr(args, "seed", None))
     if args.critic is None and method.needs_critic:
@@ -254,7 +271,7 @@ def cmd_solve(args) -> None:
     policy, critic = _policy_and_critic(args, task)
     [r] = method.run([problem], SearchEnv(policy, task, critic), cfg)
     print("".join(r.steps), end="" if r.steps and r.steps[-1].endswith("\n") else "\n")
-    verdict = f"  reward {task.reward(problem, r.steps):.0f}" if task.name == "game24" else ""
+    verdict = f"  reward {task.reward(problem, r.steps):.0f}" if task.checkable else ""
     c = r.compute
     print(f"answer: {r.answer}{verdict}  ({c.tokens_generated} tokens generated, {c.tokens_read} read, {c.seconds:.2f}s)")
 
@@ -277,7 +294,8 @@ def _eval(args, task, method, cfg, problems, out: Path) -> None:
     if args.ray:
         from .distributed import RayPool, WorkerSpec
 
-        spec = WorkerSpec(task.name, args.data, args.model, args.device, args.dtype, args.critic, args.seed, task.free_text)
+        spec = WorkerSpec(task.name, args.data, args.model, args.device, args.dtype, args.critic, args.seed, task.free_text,
+                          task_options=dict(task.options))
         pool = RayPool(spec, args.ray, args.workers)
         policy, critic = None, None  # the workers hold them
     elif args.workers:
@@ -286,6 +304,8 @@ def _eval(args, task, method, cfg, problems, out: Path) -> None:
         policy, critic = _policy_and_critic(args, task)
     settings = {"task": task.name, "data": args.data, "split": args.split, "model": args.model, "seed": args.seed,
                 "critic": args.critic}
+    if task.options:  # absent otherwise, so run files written before task options existed still resume
+        settings["task_options"] = dict(task.options)
     t0 = time.time()
     try:
         summary, _ = run_eval(task, policy, args.method, cfg, problems, out, critic, args.batch, args.seed, settings,
@@ -323,7 +343,7 @@ def cmd_improve(args) -> None:
     given = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_") and v is not None}
     if args.resume:
         more = given.pop("iterations", None)
-        if given or args.config or args.set or args.out:
+        if given or args.config or args.set or args.out or args.task_option:
             raise PonderError("--resume takes the run's own config; give no other options but --iterations (start a new --out instead)")
         report = improve(args.resume, None, resume=True, progress=not args.quiet, iterations=more, ray=args.ray,
                          workers=args.workers, launcher=args.train_launcher)
@@ -339,6 +359,10 @@ def cmd_improve(args) -> None:
                 raise PonderError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
         for k, v in given.items():
             values[k] = [x.strip() for x in v.split(",")] if k in ("critics", "eval_methods") else v
+        if args.task_option:
+            from .tasks import parse_task_options
+
+            values["task_options"] = {**(values.get("task_options") or {}), **parse_task_options(args.task_option)}
         cfg = build(ImproveConfig, apply_sets(values, args.set))
         report = improve(args.out or "runs/improve", cfg, progress=not args.quiet, ray=args.ray, workers=args.workers,
                          launcher=args.train_launcher)
@@ -360,9 +384,8 @@ def cmd_credit(args) -> None:
     from .critics.implicit import ImplicitReward
     from .io import check_out_file
     from .report.credit import credit_report
-    from .tasks import get_task
 
-    task = get_task(args.task, args.data, args.free_text)
+    task = _task(args)
     if args.out:
         check_out_file(args.out)
     if args.iteration and (args.model or args.reference):

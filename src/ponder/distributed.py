@@ -38,6 +38,12 @@ class WorkerSpec:
     critic: str | None = None
     seed: int = 0
     free_text: bool = False
+    task_options: dict[str, Any] = field(default_factory=dict)  # the task's knobs (``Task.options``)
+
+    @property
+    def task_key(self) -> tuple:
+        """What the actor's task is built from: a change rebuilds it."""
+        return self.task, self.data, self.free_text, tuple(sorted(self.task_options.items()))
 
 
 @dataclass
@@ -85,13 +91,13 @@ class _Worker:
 
         t0 = time.perf_counter()
         old = self.spec
-        if old is None or (old.task, old.data) != (spec.task, spec.data):
-            self.task = get_task(spec.task, spec.data, spec.free_text)
+        if old is None or old.task_key != spec.task_key:
+            self.task = get_task(spec.task, spec.data, spec.free_text, **spec.task_options)
         new_policy = old is None or (old.model, old.device, old.dtype) != (spec.model, spec.device, spec.dtype)
         if new_policy:
             self.policy = self.critic = None  # free the old model first: one at a time on the device
             self.policy = load_policy(spec.model, device=spec.device, dtype=spec.dtype, seed=spec.seed)
-        if new_policy or old.critic != spec.critic or (old.task, old.data) != (spec.task, spec.data):
+        if new_policy or old.critic != spec.critic or old.task_key != spec.task_key:
             self.critic = get_critic(spec.critic, self.task, self.policy) if spec.critic else None
         self.spec = spec
         seconds = time.perf_counter() - t0

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
-from .compute import Compute
+from .compute import Budget, Compute
 from .errors import PonderError
 from .io import append_lines, check_out_file, named, read_rows, write_text
 from .models import Policy
@@ -31,14 +31,16 @@ class Summary:
     tokens_generated: float  # mean per problem
     tokens_read: float  # mean per problem
     seconds: float  # total
+    flops: float = 0.0  # mean per problem: every model's forward FLOPs, the critics' included
 
     def row(self) -> str:
         return (
             f"| {self.method} | {self.problems} | {100 * self.accuracy:.1f}% | {self.tokens_generated:,.0f} "
-            f"| {self.tokens_read:,.0f} | {self.seconds:.1f} |"
+            f"| {self.tokens_read:,.0f} | {self.flops:.3g} | {self.seconds:.1f} |"
         )
 
-    HEADER = "| method | problems | accuracy | tokens generated / problem | tokens read / problem | seconds |\n|---|---|---|---|---|---|"
+    HEADER = ("| method | problems | accuracy | tokens generated / problem | tokens read / problem | FLOPs / problem | seconds |"
+              "\n|---|---|---|---|---|---|---|")
 
 
 def result_row(task: Task, method: str, r: SearchResult, tree: bool = False) -> dict[str, Any]:
@@ -70,7 +72,26 @@ def summarize(method: str, rows: Sequence[dict], seconds: float | None = None) -
         total.tokens_generated / max(1, n),
         total.tokens_read / max(1, n),
         total.seconds if seconds is None else seconds,
+        total.flops / max(1, n),
     )
+
+
+def resume_rows(out: Path, meta: dict, same=None) -> list[dict]:
+    """The rows already in run file ``out`` (a torn last line dropped), after checking that it was written
+    with the settings ``meta`` (kept in ``OUT.meta.json``, with the start time and machine, when the file
+    is new). ``same(old, new)`` decides what "the same settings" means (default: every key of ``meta``
+    equal); a file written otherwise is a one-line error, so its rows are never mixed with other ones."""
+    meta_path = out.with_name(out.name + ".meta.json")
+    if meta_path.exists() and out.exists():
+        old = json.loads(meta_path.read_text())
+        keys = set(meta) - {"started"}
+        if not (same(old, meta) if same else {k: old.get(k) for k in keys} == {k: meta[k] for k in keys}):
+            raise PonderError(f"{out} was written with other settings ({meta_path}); use another --out")
+    else:
+        meta = {**meta, "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "machine": f"{platform.machine()} {platform.processor() or ''} {platform.system()}".strip()}
+        write_text(meta_path, json.dumps(meta, indent=2))
+    return read_rows(out)
 
 
 def run_eval(
@@ -87,34 +108,25 @@ def run_eval(
     progress: bool = True,
     save_trees: bool = False,
     pool=None,
+    budget: Budget | None = None,
 ) -> tuple[Summary, list[dict]]:
     """Run ``method`` over ``problems`` in batches; rows are appended to ``out`` as each batch finishes.
 
     ``save_trees`` adds each problem's whole search tree to its row (for ``ponder view`` and analysis).
     ``pool`` (a ``distributed.RayPool``) runs the batches on Ray workers instead, each seeded by its
-    position in the run; rows are written as batches finish and returned in problem order.
+    position in the run; rows are written as batches finish and returned in problem order. ``budget``:
+    what each problem may spend (the workers take theirs from the pool's ``WorkerSpec``).
     """
     from tqdm import tqdm
 
     if batch <= 0:
         raise PonderError(f"--batch must be > 0, got {batch}")
     m = get_method(method)
-    env = SearchEnv(policy, task, critic)
+    env = SearchEnv(policy, task, critic, budget=budget) if pool is None else None
     rows: list[dict] = []
     if out is not None:
         out = check_out_file(out)
-        meta = {"method": method, "config": asdict(config), **(settings or {})}
-        meta_path = out.with_name(out.name + ".meta.json")
-        if meta_path.exists() and out.exists():
-            old = json.loads(meta_path.read_text())
-            keys = set(meta) - {"started"}
-            if {k: old.get(k) for k in keys} != {k: meta[k] for k in keys}:
-                raise PonderError(f"{out} was written with other settings ({meta_path}); use another --out")
-        else:
-            meta["started"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-            meta["machine"] = f"{platform.machine()} {platform.processor() or ''} {platform.system()}".strip()
-            write_text(meta_path, json.dumps(meta, indent=2))
-        rows = read_rows(out)
+        rows = resume_rows(out, {"method": method, "config": asdict(config), **(settings or {})})
     done = {r["problem_id"] for r in rows}
     todo = [p for p in problems if p.id not in done]
     if hasattr(policy, "seed"):

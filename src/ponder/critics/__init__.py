@@ -16,7 +16,7 @@ from typing import Callable, NamedTuple
 
 from ..errors import PonderError
 from ..tasks import Task
-from .base import Critic, Mixture, Verifier, checked_scores
+from .base import Critic, Mixture, Verifier, checked_scores, scored
 
 CRITICS = ("verifier", "judge", "value:PATH", "prm:PATH", "orm:PATH", "implicit:ITER", "implicit:POLICY:REFERENCE")
 _LEARNED = ("value", "prm", "orm")
@@ -113,4 +113,4 @@ def _one(t: CriticSpec, task: Task, policy) -> Critic:
 
 
 __all__ = ["CRITICS", "Critic", "CriticSpec", "Mixture", "Verifier", "checked_scores", "critic_name", "get_critic", "load_implicit",
-           "parse_critic"]
+           "parse_critic", "scored"]

@@ -1,10 +1,16 @@
-"""The critic protocol: score a batch of states, one float per state (higher = better)."""
+"""The critic protocol: score a batch of states, one float per state (higher = better).
+
+A critic that runs a model also says what its last ``score`` call cost, one ``Compute`` per state in
+``last_compute`` (tokens read, forward calls, seconds, FLOPs), so searches charge it to the problems
+it served like the policy's own calls; ``scored`` reads both. A critic without one costs nothing.
+"""
 
 from __future__ import annotations
 
 import math
 from typing import Protocol, Sequence, runtime_checkable
 
+from ..compute import Compute
 from ..errors import PonderError
 from ..tasks import Problem, Task
 
@@ -44,6 +50,18 @@ def checked_scores(critic: Critic, problems: Sequence[Problem], steps: Sequence[
     return scores
 
 
+def scored(critic: Critic, problems: Sequence[Problem], steps: Sequence[Sequence[str]]) -> tuple[list[float], list[Compute]]:
+    """``checked_scores`` and what the call cost each state (``critic.last_compute``; nothing for a critic
+    that runs no model)."""
+    scores = checked_scores(critic, problems, steps)
+    cost = getattr(critic, "last_compute", None)
+    if cost is None:
+        return scores, [Compute()] * len(scores)
+    if len(cost) != len(scores):
+        raise PonderError(f"critic {critic.name!r} charged {len(cost)} states for {len(scores)} scores")
+    return scores, list(cost)
+
+
 class Mixture:
     """A weighted mean of critics, as AlphaLLM mixes value, PRM and outcome rewards::
 
@@ -59,11 +77,15 @@ class Mixture:
             raise PonderError(f"critic weights must be > 0, got {list(weights)}")
         self.critics, self.weights = list(critics), [float(w) for w in weights]
         self.name = "+".join(f"{c.name}@{w:g}" for c, w in zip(self.critics, self.weights))
+        self.last_compute: list[Compute] = []  # every part's cost of the last call, summed per state
 
     def score(self, problems: Sequence[Problem], steps: Sequence[Sequence[str]]) -> list[float]:
         total = sum(self.weights)
         out = [0.0] * len(problems)
+        self.last_compute = [Compute()] * len(problems)
         for c, w in zip(self.critics, self.weights):
-            for i, s in enumerate(checked_scores(c, problems, steps)):
+            scores, cost = scored(c, problems, steps)
+            for i, s in enumerate(scores):
                 out[i] += w * s / total
+            self.last_compute = [a + b for a, b in zip(self.last_compute, cost)]
         return out

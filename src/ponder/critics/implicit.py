@@ -18,12 +18,14 @@ guide beam search). ``ImplicitReward`` gives both from one forward pass of each 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
+from ..compute import Compute, flops_per_token, split_compute
 from ..errors import PonderError
 from ..tasks import Problem, Task
 
@@ -93,6 +95,8 @@ class ImplicitReward:
             raise PonderError("implicit reward: the policy and its reference have different vocabularies")
         self.limit = getattr(policy_model.config, "max_position_embeddings", None)
         self.encode = TraceEncoder(tokenizer, task)  # uncut: a trace longer than the model is an error here
+        self.flops_per_token = flops_per_token(policy_model) + flops_per_token(reference_model)  # both read each token
+        self.last_compute: list[Compute] = []  # what the last call read, one per state (see critics.base)
 
     @classmethod
     def load(cls, policy: str | Path, reference: str | Path, task: Task, beta: float = 0.1, device: str | None = None,
@@ -178,7 +182,13 @@ class ImplicitReward:
         return out
 
     def score(self, problems: Sequence[Problem], steps: Sequence[Sequence[str]]) -> list[float]:
-        return [float(r.sum()) for r, _ in self._rewards(problems, steps)]
+        t0 = time.perf_counter()
+        out = [float(r.sum()) for r, _ in self._rewards(problems, steps)]
+        # each model reads every state whole: twice the tokens and the calls, each token at both models' price
+        read = [2 * len(self.encode(p, s)[0]) for p, s in zip(problems, steps)]
+        calls = 2 * -(-len(problems) // self.max_batch)
+        self.last_compute = split_compute([0] * len(read), read, calls, time.perf_counter() - t0, self.flops_per_token / 2)
+        return out
 
 
 def _same(a: str | Path, b: str | Path) -> bool:

@@ -14,10 +14,12 @@ puzzle traces has never seen the prompt and gives noise.
 
 from __future__ import annotations
 
+import time
 from typing import Sequence
 
 import torch
 
+from ..compute import Compute, flops_per_token, split_compute
 from ..errors import PonderError
 from ..tasks import Problem, Task
 
@@ -31,6 +33,8 @@ class Judge:
         self.model, self.tokenizer, self.task = policy.model, policy.tokenizer, task
         self.name = "judge"
         self.max_batch = max_batch
+        self.flops_per_token = flops_per_token(self.model)
+        self.last_compute: list[Compute] = []  # what the last call read, one per state (see critics.base)
         # the first token of every spelling (" sure", "sure", "Sure", ...), except a blank one (a
         # char-level tokenizer's " ") or one that two words share, which would say nothing
         firsts = {w: {self.tokenizer(v, add_special_tokens=False)["input_ids"][0]
@@ -56,15 +60,21 @@ class Judge:
         from ..models.hf import encode_prompts
         from ..models.sampler import left_pad
 
+        t0 = time.perf_counter()
         values = torch.tensor(list(WORDS.values()))
         out: list[float] = []
+        read: list[int] = []
         for i in range(0, len(problems), self.max_batch):
             texts = [self.prompt(p, s) for p, s in zip(problems[i : i + self.max_batch], steps[i : i + self.max_batch])]
-            ids, mask = left_pad(encode_prompts(self.tokenizer, texts), self.tokenizer.pad_token_id)
+            encoded = encode_prompts(self.tokenizer, texts)
+            read += [len(x) for x in encoded]
+            ids, mask = left_pad(encoded, self.tokenizer.pad_token_id)
             pos = (mask.cumsum(-1) - 1).clamp(min=0)
             logits = self.model(input_ids=ids.to(self.model.device), attention_mask=mask.to(self.model.device),
                                 position_ids=pos.to(self.model.device), logits_to_keep=1).logits[:, -1]  # (B, V)
             probs = torch.softmax(logits.float(), -1).cpu()
             mass = torch.stack([probs[:, self.word_ids[w]].sum(-1) for w in WORDS], -1)  # (B, 3)
             out += ((mass * values).sum(-1) / mass.sum(-1).clamp(min=1e-12)).tolist()
+        calls = -(-len(problems) // self.max_batch)
+        self.last_compute = split_compute([0] * len(read), read, calls, time.perf_counter() - t0, self.flops_per_token)
         return out

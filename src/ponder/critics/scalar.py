@@ -24,12 +24,14 @@ A critic is saved as a folder: the backbone as an ordinary Hugging Face model fo
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Literal, Sequence
 
 import torch
 from torch import nn
 
+from ..compute import Compute, flops_per_token, split_compute
 from ..errors import PonderError
 from ..models.base import default_device
 from ..tasks import Problem, Task
@@ -78,6 +80,7 @@ class ScalarCritic:
         from ..models.hf import TraceEncoder
 
         self.encode = TraceEncoder(tokenizer, task, getattr(backbone.config, "max_position_embeddings", None))
+        self.last_compute: list[Compute] = []  # what the last call read, one per state (see critics.base)
 
     @property
     def device(self) -> torch.device:
@@ -137,15 +140,22 @@ class ScalarCritic:
 
     # --- reading states ---------------------------------------------------------------------------
     def step_features(self, problems: Sequence[Problem], steps: Sequence[Sequence[str]]) -> list[torch.Tensor]:
-        """The backbone's last hidden state after each step of each state, (S_i, H) float32 per state."""
+        """The backbone's last hidden state after each step of each state, (S_i, H) float32 per state.
+        Each state is read whole (prompt and steps), and ``last_compute`` says so."""
         from ..models.hf import right_pad
 
+        t0 = time.perf_counter()
         out: list[torch.Tensor] = []
+        read: list[int] = []
         for i in range(0, len(problems), self.max_batch):
             enc = [self.encode(p, s) for p, s in zip(problems[i : i + self.max_batch], steps[i : i + self.max_batch])]
             ids, mask = right_pad([x for x, _ in enc], self.tokenizer.pad_token_id)
             h = self.backbone(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).last_hidden_state  # (B, T, H)
             out.extend(h[j, ends].float() for j, (_, ends) in enumerate(enc))
+            read += [len(x) for x, _ in enc]
+        calls = -(-len(problems) // self.max_batch)
+        self.last_compute = split_compute([0] * len(read), read, calls, time.perf_counter() - t0,
+                                          flops_per_token(self.backbone, self.head))
         return out
 
     def step_logits(self, problems: Sequence[Problem], steps: Sequence[Sequence[str]]) -> list[torch.Tensor]:

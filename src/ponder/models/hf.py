@@ -10,7 +10,7 @@ from typing import Sequence
 import torch
 
 from ..errors import PonderError
-from ..compute import split_compute
+from ..compute import flops_per_token, split_compute
 from .base import SamplingParams, Samples, Scores, default_device
 from .branches import branch_logprobs
 from .sampler import StopRule, sample_steps
@@ -95,6 +95,7 @@ class HFPolicy:
         eos = eos if isinstance(eos, list) else [eos if eos is not None else tokenizer.eos_token_id]
         self.eos_ids = [e for e in eos if e is not None]
         self._rules: dict[tuple[str, ...], StopRule] = {}
+        self.flops_per_token = flops_per_token(model)  # forward FLOPs per token read or generated
 
     def seed(self, seed: int) -> None:
         self.generator.manual_seed(seed)
@@ -117,7 +118,8 @@ class HFPolicy:
         if k <= 0:
             raise PonderError(f"k must be > 0, got {k}")
         return sample_steps(
-            self.model, self.tokenizer, self.encode(prefixes), k, params, self.rule(params.stop), self.generator
+            self.model, self.tokenizer, self.encode(prefixes), k, params, self.rule(params.stop), self.generator,
+            flops_per_token=self.flops_per_token,
         )
 
     @torch.inference_mode()
@@ -141,7 +143,7 @@ class HFPolicy:
             if i is not None:
                 batch.append(i)
         ntok = [[len(c) for c in cs] for cs in conts]
-        compute = split_compute([0] * len(prefixes), sizes, calls, time.perf_counter() - t0)
+        compute = split_compute([0] * len(prefixes), sizes, calls, time.perf_counter() - t0, self.flops_per_token)
         return Scores(lps, ntok, compute)
 
 

@@ -164,10 +164,12 @@ def sample_steps(
     rule: StopRule,
     generator: torch.Generator | None = None,
     fast: bool = True,
+    flops_per_token: float = 0.0,
 ) -> Samples:
     """k samples of one step for each tokenized prompt, in one batched cached loop.
 
-    ``fast=False`` forces transformers' forward even where ``fast_llama`` supports the model.
+    ``fast=False`` forces transformers' forward even where ``fast_llama`` supports the model;
+    ``flops_per_token`` (``compute.flops_per_token(model)``) prices each row's tokens in FLOPs.
     """
     t0 = time.perf_counter()
     device = model.device
@@ -222,4 +224,4 @@ def sample_steps(
     grouped = [steps[i * k : (i + 1) * k] for i in range(B)]
     generated = [sum(s.num_tokens for s in g) for g in grouped]
     read = [len(p) for p in prompts]
-    return Samples(grouped, split_compute(generated, read, forward_calls, time.perf_counter() - t0))
+    return Samples(grouped, split_compute(generated, read, forward_calls, time.perf_counter() - t0, flops_per_token))

@@ -20,17 +20,20 @@ class BestOfNConfig(SamplingConfig):
 
 
 def best_of_n(problems: Sequence[Problem], env: SearchEnv, cfg: BestOfNConfig) -> list[SearchResult]:
-    """All traces of all problems are scored in one critic call; ties go to the earliest sample."""
-    sampled = sample_traces(problems, env, cfg.n, cfg.temperature, cfg.top_p)
-    flat = [(i, leaf, steps, answer) for i, (_, leaves) in enumerate(sampled) for leaf, steps, answer in leaves]
-    scores = env.score([State(problems[i], tuple(steps)) for i, _, steps, _ in flat])
-    best: dict[int, tuple[float, tuple]] = {}
-    for (i, leaf, steps, answer), s in zip(flat, scores):
-        leaf.scores[env.critic.name] = s
-        if i not in best or s > best[i][0]:
-            best[i] = (s, (steps, answer))
+    """The traces are scored in one critic call (one per round under an env budget, so the critic's reading
+    counts within it); ties go to the earliest sample."""
+    scores: list[list[float]] = [[] for _ in problems]
+
+    def score(new: list[tuple[int, tuple[str, ...]]]) -> None:
+        for (i, _), s in zip(new, env.score([State(problems[i], steps) for i, steps in new])):
+            scores[i].append(s)
+
+    sampled = sample_traces(problems, env, cfg.n, cfg.temperature, cfg.top_p, on_round=score)
     out = []
-    for i, (p, (root, leaves)) in enumerate(zip(problems, sampled)):
-        score, (steps, answer) = best[i]
-        out.append(make_result(env, p, root, steps, answer, best_score=score, pass_at_n=max(l.reward for l, _, _ in leaves)))
+    for p, (root, leaves), ss in zip(problems, sampled, scores):
+        for (leaf, _, _), s in zip(leaves, ss):
+            leaf.scores[env.critic.name] = s
+        j = max(range(len(ss)), key=lambda j: (ss[j], -j))
+        _, steps, answer = leaves[j]
+        out.append(make_result(env, p, root, steps, answer, best_score=ss[j], pass_at_n=max(l.reward for l, _, _ in leaves)))
     return out

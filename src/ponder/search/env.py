@@ -2,7 +2,9 @@
 
 ``SearchEnv`` wraps a policy, a task and a critic into three batched calls (expand: k distinct next
 steps; roll out k whole completions; score states) and charges every call's compute to the problems
-it served, so each result carries its own cost.
+it served, the critic's included, so each result carries its own cost. Given a ``Budget``, it says
+how much more work a problem can afford (``affordable``), and every search method stops expanding it
+before it would overspend.
 
 **The one expansion path.** Every search method gets its children from ``expand``:
 
@@ -27,8 +29,8 @@ import random
 from dataclasses import dataclass, replace
 from typing import Sequence
 
-from ..compute import Compute
-from ..critics import Critic, checked_scores
+from ..compute import Budget, Compute
+from ..critics import Critic, scored
 from ..errors import PonderError
 from ..models import Policy, SamplingParams
 from ..models.base import ActionScorer, Finish
@@ -76,8 +78,14 @@ def softmax(xs: Sequence[float]) -> list[float]:
 
 
 class SearchEnv:
-    def __init__(self, policy: Policy, task: Task, critic: Critic | None = None, distinct_rounds: int = 3):
+    def __init__(self, policy: Policy, task: Task, critic: Critic | None = None, distinct_rounds: int = 3,
+                 budget: Budget | None = None):
         self.policy, self.task, self.critic = policy, task, critic
+        if budget is not None and budget.unit == "flops" and not hasattr(policy, "flops_per_token"):
+            raise PonderError(f"--budget-unit flops needs a local model: the FLOPs of {getattr(policy, 'name', 'this policy')!r} "
+                              "are not known (use --budget-unit tokens)")
+        #: what each problem may spend (None: no limit beyond each method's own)
+        self.budget = budget
         #: sampler calls a state may take to reach k distinct steps where the task lists no actions
         self.distinct_rounds = distinct_rounds
         self.rng = random.Random(0)
@@ -112,6 +120,19 @@ class SearchEnv:
         self.rng.seed(seed)
         if hasattr(self.policy, "seed"):
             self.policy.seed(seed)
+
+    def affordable(self, problem: Problem, done: int) -> float:
+        """How many more pieces of work (expansions, simulations, traces) the rest of ``problem``'s budget
+        buys at the mean cost of the ``done`` so far: unlimited without a budget or before anything is
+        known, 0 once it is spent. Searches stop a problem where this falls below 1, so it ends within
+        its budget but for the one piece tried first."""
+        if self.budget is None:
+            return math.inf
+        spent = self.budget.spent(self.spent.get(problem.id, Compute()))
+        left = self.budget.amount - spent
+        if left <= 0:
+            return 0.0
+        return math.inf if done == 0 or spent == 0 else left * done / spent
 
     def take_compute(self, problem: Problem) -> Compute:
         self._verdicts.pop(problem, None)
@@ -280,10 +301,12 @@ class SearchEnv:
         return tuple(steps)
 
     def score(self, states: Sequence[State]) -> list[float]:
-        """The critic's score of each state (one batched critic call)."""
+        """The critic's score of each state (one batched critic call), its cost charged to each state's problem."""
         if self.critic is None:
             raise ValueError("this search needs a critic")
-        return checked_scores(self.critic, [s.problem for s in states], [list(s.steps) for s in states])
+        scores, cost = scored(self.critic, [s.problem for s in states], [list(s.steps) for s in states])
+        self.charge(states, cost)
+        return scores
 
 
 def step_key(step: str) -> str:

@@ -77,10 +77,12 @@ class Tree:
     size: int = 1
     expanded: int = 0
     info: dict = field(default_factory=dict)  # method-specific counters, copied into the result's info
+    spent: bool = False  # the problem has spent the env's budget: the tree grows no more
 
     @property
     def full(self) -> bool:
-        return self.size >= self.max_nodes
+        """No room to grow: ``max_nodes`` reached or the compute budget spent."""
+        return self.spent or self.size >= self.max_nodes
 
     def state(self, node: Node) -> State:
         return State(self.problem, tuple(node.steps()))
@@ -113,14 +115,21 @@ class Forest:
 
         Returns each expanded node's new children, attached by ``add_children`` (the rule MCTS uses too).
         A pick whose tree has no room left is skipped before expanding (its proposals would be thrown
-        away), so no tree grows past ``max_nodes``.
+        away), so no tree grows past ``max_nodes``; and under the env's budget a tree expands only the
+        first of its picks that the rest of its budget affords (``SearchEnv.affordable``), and none once
+        it affords no more (``info["stopped"] = "budget"``).
         """
         room = {t: t.max_nodes - t.size for t, _ in picks}
+        afford = {t: self.env.affordable(t.problem, t.expanded) for t in room}
+        for t, a in afford.items():
+            if a < 1 and not t.spent:
+                t.spent, t.info["stopped"] = True, "budget"
         kept = []
         for t, n in picks:
-            if room[t] > 0:
+            if room[t] > 0 and afford[t] >= 1:
                 kept.append((t, n))
                 room[t] -= self.cfg.k
+                afford[t] -= 1
         if not kept:
             return {}
         proposals = self.env.expand([t.state(n) for t, n in kept], self.cfg.k, self.cfg.temperature, self.cfg.top_p)

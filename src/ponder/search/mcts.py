@@ -133,6 +133,8 @@ class _Search:
             self.stopped = "max_nodes"
         elif cfg.token_budget is not None and spent >= cfg.token_budget:
             self.stopped = "token_budget"
+        elif env.affordable(self.problem, self.sims) < 1:
+            self.stopped = "budget"
         elif self.root in self.finished:
             self.stopped = "exhausted"
         return not self.stopped
@@ -312,7 +314,7 @@ def final_trace(s: _Search, env: SearchEnv, cfg: MCTSConfig) -> tuple[tuple[str,
 
 def mcts(problems: Sequence[Problem], env: SearchEnv, cfg: MCTSConfig, score: ScoreFn = puct) -> list[SearchResult]:
     """Search every problem in lock-step, one simulation per tree per round, until each stops
-    (simulations, token budget, or a full tree). ``info`` has the simulations run, the tree size, why
+    (simulations, token budget, the env's budget, or a full tree). ``info`` has the simulations run, the tree size, why
     it stopped, the best root child's Q, where the answer came from and whether a verified trace was met."""
     if cfg.rollouts == 0 and env.critic is None:
         raise PonderError("mcts with --rollouts 0 values leaves by the critic alone; give a critic or --rollouts > 0")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 from ..config import check_positive, option
 from ..errors import PonderError
@@ -35,13 +35,22 @@ class SamplingConfig:
         check_positive(self, "n", "temperature", "top_p")
 
 
-def sample_traces(problems: Sequence[Problem], env: SearchEnv, n: int, temperature: float, top_p: float = 1.0):
+def sample_traces(problems: Sequence[Problem], env: SearchEnv, n: int, temperature: float, top_p: float = 1.0,
+                  on_round: Callable[[list[tuple[int, tuple[str, ...]]]], None] | None = None):
     """n whole traces per problem, each built into the problem's tree with its verifier reward.
 
-    Returns, per problem, the tree and a list of (leaf node, steps, answer).
+    Returns, per problem, the tree and a list of (leaf node, steps, answer). Under an env budget, at
+    most n traces, drawn in rounds (``budgeted_traces``) until each problem has spent its budget.
+    ``on_round`` is given each round's new traces as (problem index, steps), in draw order, before the
+    budget is checked again: what it spends (a critic reading them) counts within the budget.
     """
     states = [State(p) for p in problems]
-    traces = env.rollout(states, n, temperature, top_p)
+    if env.budget is None:
+        traces = env.rollout(states, n, temperature, top_p)
+        if on_round is not None:
+            on_round([(i, t) for i, ts in enumerate(traces) for t in ts])
+    else:
+        traces = budgeted_traces(states, env, n, temperature, top_p, on_round)
     out = []
     for p, samples in zip(problems, traces):
         root = Node()
@@ -55,6 +64,34 @@ def sample_traces(problems: Sequence[Problem], env: SearchEnv, n: int, temperatu
             leaves.append((leaf, steps, env.task.answer(p, steps)))
         out.append((root, leaves))
     return out
+
+
+def budgeted_traces(states: Sequence[State], env: SearchEnv, n: int, temperature: float, top_p: float,
+                    on_round=None) -> list[list[tuple[str, ...]]]:
+    """Whole traces of each state, drawn in rounds until its problem's budget affords no more or it has n:
+    one trace each first, then each round as many as the rest of its budget buys at its mean cost per
+    trace so far (``SearchEnv.affordable``; all n left where its traces cost nothing, every state's
+    scores being remembered). Problems drawing the same number share one rollout call, so a round is a
+    few batched calls."""
+    traces: list[list[tuple[str, ...]]] = [[] for _ in states]
+    want = {i: 1 for i in range(len(states))}
+    while want:
+        groups: dict[int, list[int]] = {}
+        for i, m in want.items():
+            groups.setdefault(m, []).append(i)
+        new: list[tuple[int, tuple[str, ...]]] = []
+        for m, idx in groups.items():
+            for i, samples in zip(idx, env.rollout([states[i] for i in idx], m, temperature, top_p)):
+                traces[i] += samples
+                new += [(i, t) for t in samples]
+        if on_round is not None:
+            on_round(new)
+        want = {}
+        for i, s in enumerate(states):
+            m = min(n - len(traces[i]), env.affordable(s.problem, len(traces[i])))
+            if m >= 1:
+                want[i] = int(m)
+    return traces
 
 
 def make_result(env: SearchEnv, problem: Problem, root: Node, steps, answer, **info) -> SearchResult:

@@ -39,7 +39,7 @@ import torch
 
 from ..compute import Compute
 from ..config import check_positive, option
-from ..critics import checked_scores
+from ..critics import scored
 from ..errors import PonderError
 from ..tasks import Problem, Task
 from .losses import group_advantages, grpo_loss
@@ -171,8 +171,8 @@ def train_grpo(policy, task: Task, problems: Sequence[Problem], cfg: GRPOConfig,
                 traces = [t for group in env.rollout([State(p) for p in batch], cfg.group_size, cfg.temperature,
                                                      cfg.top_p, fast=True) for t in group]
             owners = [p for p in batch for _ in range(cfg.group_size)]
-            spent = spent + Compute.total(env.take_compute(p) for p in batch)
-            rewards = _rewards(env, critic, owners, traces)
+            rewards, cost = _rewards(env, critic, owners, traces)
+            spent = spent + Compute.total(env.take_compute(p) for p in batch) + cost
             sample_s += time.time() - ts
 
             ts = time.time()
@@ -249,12 +249,14 @@ def _log_row(step: int, losses, kls, clips, rewards, cfg: GRPOConfig, opt, spent
     return row
 
 
-def _rewards(env, critic, problems: Sequence[Problem], traces: Sequence[Sequence[str]]) -> list[float]:
-    """One finite reward per trace: the task's verifier, or ``critic``'s score of the finished trace."""
+def _rewards(env, critic, problems: Sequence[Problem], traces: Sequence[Sequence[str]]) -> tuple[list[float], Compute]:
+    """One finite reward per trace: the task's verifier, or ``critic``'s score of the finished trace; and
+    what the critic's reading cost."""
     if critic is not None:
-        return checked_scores(critic, list(problems), [list(t) for t in traces])
+        rewards, cost = scored(critic, list(problems), [list(t) for t in traces])
+        return rewards, Compute.total(cost)
     rewards = [float(env.reward(p, t)) for p, t in zip(problems, traces)]
     bad = next((r for r in rewards if not math.isfinite(r)), None)
     if bad is not None:
         raise PonderError(f"task {env.task.name!r}: the verifier returned a non-finite reward ({bad})")
-    return rewards
+    return rewards, Compute()
