@@ -1,4 +1,4 @@
-"""The ``ponder`` command line: train, solve, eval, view.
+"""The ``ponder`` command line: train, solve, eval, compare, improve, view, credit.
 
 Every user mistake (unknown task/method/model, missing file, bad option value) is one line on stderr
 and exit code 2; nothing already written is lost.
@@ -97,9 +97,34 @@ def _add_method_args(p: argparse.ArgumentParser) -> None:
              "(default: verifier for methods that rank; mcts uses one only when given)",
     )
     p.add_argument("--config", help="YAML file with the method's options (command-line options win)")
+    _add_budget_args(p)
     names: set[str] = set()
     for cls in _method_configs():
         names |= add_config_args(p, cls, skip=names)
+
+
+def _add_budget_args(p: argparse.ArgumentParser, many: bool = False) -> None:
+    from .compute import BUDGET_UNITS
+
+    if many:
+        p.add_argument("--budgets", required=True, metavar="B1,B2,...",
+                       help="the budgets per problem to compare the methods at, in --budget-unit, e.g. 250,500,1000,2000")
+    else:
+        p.add_argument("--budget", type=float, metavar="AMOUNT",
+                       help="stop expanding a problem once it has spent this much, in --budget-unit (every method "
+                            "honours it; default: no limit beyond the method's own)")
+    p.add_argument("--budget-unit", default="tokens", metavar="{" + ",".join(BUDGET_UNITS) + "}",
+                   help="tokens: generated tokens; flops: every model's forward FLOPs, the critics' reading included "
+                        "(default: tokens)")
+
+
+def _budget(args):
+    """The ``Budget`` of --budget / --budget-unit, checked before any model is loaded (None without --budget)."""
+    from .compute import BUDGET_UNITS, Budget
+
+    if args.budget_unit not in BUDGET_UNITS:
+        raise PonderError(f"--budget-unit: unknown unit {args.budget_unit!r}; choose one of: {', '.join(BUDGET_UNITS)}")
+    return None if args.budget is None else Budget(args.budget, args.budget_unit)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -140,6 +165,26 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--save-trees", action="store_true", help="store each problem's search tree in its row")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_ray_args(e)
+
+    cp = sub.add_parser("compare", help="search methods against each other at matched compute budgets: a table, "
+                        "paired tests and a plot; one JSONL row per method, budget and problem (resumable)")
+    _add_task_args(cp)
+    _add_model_args(cp)
+    cp.add_argument("--methods", nargs="+", required=True, metavar="METHOD[=CRITIC]",
+                    help="the methods to compare, e.g. best-of-n beam=value:DIR mcts; methods that rank get the "
+                         "verifier where no critic is given")
+    _add_budget_args(cp, many=True)
+    cp.add_argument("--set", action="append", default=[], metavar="METHOD.FIELD=VALUE",
+                    help="a method's option, e.g. --set beam.beam_width=5 --set mcts.k=8 (default: the method's own)")
+    cp.add_argument("--cap", type=_positive_int("cap"), default=256,
+                    help="where not set, the options that would stop a method before its budget (n, max_nodes, "
+                         "simulations, max_expansions) are raised to this (default 256)")
+    cp.add_argument("--split", default="test", choices=["train", "test"])
+    cp.add_argument("--limit", type=_positive_int("limit"), help="first N problems of the split")
+    cp.add_argument("--batch", type=_positive_int("batch"), default=32, help="problems searched together (default 32)")
+    cp.add_argument("--out", help="JSONL run file (appended to and resumed; default: runs/compare/TASK-SPLIT.jsonl); "
+                    "the plot goes beside it as .png")
+    cp.add_argument("--quiet", action="store_true", help="no progress bar")
 
     i = sub.add_parser("improve", help="the self-improvement loop: imagine -> search -> learn -> evaluate, repeated")
     i.add_argument("--out", help="run folder to create (default: runs/improve)")
@@ -243,6 +288,7 @@ def _setup(args):
     task = _task(args)
     method = get_method(args.method)
     cfg = config_from(method.config, args, args.config, exclusive=True, seed=getattr(args, "seed", None))
+    args.budget_obj = _budget(args)
     if args.critic is None and method.needs_critic:
         args.critic = "verifier"
     if args.critic is not None:
@@ -269,7 +315,7 @@ def cmd_solve(args) -> None:
     task, method, cfg = _setup(args)
     problem = task.parse_problem(args.problem)
     policy, critic = _policy_and_critic(args, task)
-    [r] = method.run([problem], SearchEnv(policy, task, critic), cfg)
+    [r] = method.run([problem], SearchEnv(policy, task, critic, budget=args.budget_obj), cfg)
     print("".join(r.steps), end="" if r.steps and r.steps[-1].endswith("\n") else "\n")
     verdict = f"  reward {task.reward(problem, r.steps):.0f}" if task.checkable else ""
     c = r.compute
@@ -295,7 +341,7 @@ def _eval(args, task, method, cfg, problems, out: Path) -> None:
         from .distributed import RayPool, WorkerSpec
 
         spec = WorkerSpec(task.name, args.data, args.model, args.device, args.dtype, args.critic, args.seed, task.free_text,
-                          task_options=dict(task.options))
+                          budget=args.budget_obj, task_options=dict(task.options))
         pool = RayPool(spec, args.ray, args.workers)
         policy, critic = None, None  # the workers hold them
     elif args.workers:
@@ -306,10 +352,12 @@ def _eval(args, task, method, cfg, problems, out: Path) -> None:
                 "critic": args.critic}
     if task.options:  # absent otherwise, so run files written before task options existed still resume
         settings["task_options"] = dict(task.options)
+    if args.budget_obj is not None:  # absent otherwise, so run files written before budgets existed still resume
+        settings["budget"] = [args.budget_obj.amount, args.budget_obj.unit]
     t0 = time.time()
     try:
         summary, _ = run_eval(task, policy, args.method, cfg, problems, out, critic, args.batch, args.seed, settings,
-                              not args.quiet, args.save_trees, pool)
+                              not args.quiet, args.save_trees, pool, args.budget_obj)
     finally:
         if pool is not None:
             pool.close()
@@ -319,6 +367,34 @@ def _eval(args, task, method, cfg, problems, out: Path) -> None:
         print(f"\nRay: {len(pool.stats)} workers, {time.time() - t0:.1f} s wall (the table's seconds are summed over workers)")
         print(pool.report())
     print(f"rows: {out}")
+
+
+def cmd_compare(args) -> None:
+    from .compare import parse_budgets, parse_methods, plot, run_compare, table
+    from .critics import get_critic
+    from .io import check_out_file
+    from .lock import hold
+    from .models import load_policy
+    from .tasks import get_task
+
+    task = get_task(args.task, args.data, args.free_text)
+    budgets = parse_budgets(args.budgets, args.budget_unit)
+    methods = parse_methods(args.methods, args.set, args.cap, args.seed)
+    problems = task.problems(args.split)[: args.limit]
+    out = check_out_file(args.out or f"runs/compare/{task.name}-{args.split}.jsonl")
+    with hold(out.with_name(out.name + ".lock"), str(out)):
+        policy = load_policy(args.model, device=args.device, dtype=args.dtype, seed=args.seed)
+        from .search import SearchEnv
+
+        SearchEnv(policy, task, budget=budgets[0])  # a FLOPs budget for a server policy fails here, before any search
+        critics = {m.critic: get_critic(m.critic, task, policy) for m in methods if m.critic is not None}
+        settings = {"task": task.name, "data": args.data, "free_text": task.free_text, "split": args.split,
+                    "model": args.model, "seed": args.seed}
+        rows = run_compare(task, policy, methods, budgets, problems, out, critics, settings, args.batch, args.seed,
+                           not args.quiet)
+    labels, amounts = [m.label for m in methods], [b.amount for b in budgets]
+    print(table(rows, labels, amounts, args.budget_unit))
+    print(f"\nrows: {out}\nplot: {plot(rows, labels, amounts, args.budget_unit, out.with_suffix('.png'))}")
 
 
 def cmd_train_policy(args) -> None:
@@ -466,7 +542,7 @@ def main(argv: list[str] | None = None) -> int:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # the env variable above covers the hub's bars, not the loading bars
-        {"train": cmd_train, "solve": cmd_solve, "eval": cmd_eval, "improve": cmd_improve, "view": cmd_view,
+        {"train": cmd_train, "solve": cmd_solve, "eval": cmd_eval, "compare": cmd_compare, "improve": cmd_improve, "view": cmd_view,
          "credit": cmd_credit, "train-policy": cmd_train_policy}[args.command](args)
     except PonderError as e:
         print(f"ponder: error: {e}", file=sys.stderr)

@@ -38,6 +38,7 @@ class WorkerSpec:
     critic: str | None = None
     seed: int = 0
     free_text: bool = False
+    budget: Any = None  # a compute.Budget: what each problem may spend
     task_options: dict[str, Any] = field(default_factory=dict)  # the task's knobs (``Task.options``)
 
     @property
@@ -117,7 +118,7 @@ class _Worker:
         t0 = time.perf_counter()
         if hasattr(self.policy, "seed"):
             self.policy.seed(seed)
-        env = SearchEnv(self.policy, self.task, self.critic)
+        env = SearchEnv(self.policy, self.task, self.critic, budget=self.spec.budget)
         results = get_method(method).run(problems, env, config)
         rows = [result_row(self.task, method, r, save_trees) for r in results]
         return rows, time.perf_counter() - t0
