@@ -324,3 +324,65 @@ def test_a_real_full_disk_in_improve_then_resume(small_disk):
     r = ponder("improve", "--resume", str(run), "--quiet")
     assert r.returncode == 0, r.stderr
     check_finished(run)
+
+
+# --- the kill soak's hook, and what a resume redoes ------------------------------------------------------------
+def test_the_soak_pause_is_nothing_unless_asked(monkeypatch):
+    import ponder.loop.run as run_mod
+
+    slept = []
+    monkeypatch.setattr(run_mod.time, "sleep", slept.append)
+    monkeypatch.delenv(run_mod.SOAK_PAUSE, raising=False)
+    run_mod.soak_pause()
+    monkeypatch.setenv(run_mod.SOAK_PAUSE, "0.25")
+    run_mod.soak_pause()
+    assert slept == [0.25]
+
+
+def test_the_soak_pause_comes_after_each_phase_s_files_and_before_its_record_and_a_resume_reports_once(
+        tmp_path, monkeypatch):
+    """``PONDER_SOAK_PAUSE`` (bench/kill_soak.py): the loop waits once per phase, when the phase's files are written
+    and it is not yet in phases.json; for the report, when the metrics line is there and report.md does not name
+    the iteration yet. A resume of the finished run rewrites the report once, not once per iteration."""
+    import ponder.loop.run as run_mod
+    import ponder.report.run_report as run_report
+
+    run = tmp_path / "run"
+
+    def state() -> tuple:
+        done = tuple(tuple(json.loads(p.read_text())) if (p := run / f"iter-{i}" / "phases.json").exists() else ()
+                     for i in (0, 1))
+        report = (run / "report.md").read_text().split("\n", 1)[0] if (run / "report.md").exists() else ""
+        return done, tuple(m["iteration"] for m in read_rows(run / "metrics.jsonl")), report
+
+    class Clock:  # ponder.loop.run's time, its sleeps noted with the run's state
+        def __getattr__(self, name):
+            return getattr(time, name)
+
+        def sleep(self, s):
+            pauses.append((s, state(), (run / "iter-1" / "problems.jsonl").exists()))
+
+    pauses: list = []
+    monkeypatch.setattr(run_mod, "time", Clock())
+    monkeypatch.setenv(run_mod.SOAK_PAUSE, "0.01")
+    assert main(["improve", "--out", str(run), *SMALL_RUN]) == 0
+    zero = ("policy", "bootstrap", "eval", "watch")
+    one = ("imagine", "search", "extract", "policy", "critics", "eval", "watch")
+    want = [((zero[:k], ()), (), "") for k in range(4)]
+    want += [((zero, ()), (0,), "")]  # the metrics line written, the report not yet
+    want += [((zero, one[:k]), (0,), "# ponder improve: game24, 0 of 1 iterations") for k in range(7)]
+    want += [((zero, one), (0, 1), "# ponder improve: game24, 0 of 1 iterations")]
+    assert [(done, its, report) for _, (done, its, report), _ in pauses] == want
+    assert {s for s, _, _ in pauses} == {0.01}
+    assert [written for *_, written in pauses][5:] == [True] * 8  # imagine's file is written before its pause
+    assert state()[2] == "# ponder improve: game24, 1 of 1 iterations"
+
+    monkeypatch.delenv(run_mod.SOAK_PAUSE)
+    real, reports = run_report.write_report, []
+    monkeypatch.setattr(run_report, "write_report", lambda *a: reports.append(a) or real(*a))
+    assert main(["improve", "--resume", str(run), "--quiet"]) == 0
+    assert len(reports) == 1
+    # a kill after the last metrics line and before its report: the resume writes it
+    real(run, read_rows(run / "metrics.jsonl")[:1], run_mod.open_run(run, None, resume=True).cfg)
+    assert main(["improve", "--resume", str(run), "--quiet"]) == 0
+    assert len(reports) == 2 and state()[2] == "# ponder improve: game24, 1 of 1 iterations"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from contextlib import nullcontext
 
 import pytest
 import yaml
@@ -155,6 +156,33 @@ def test_resume_after_a_crash_in_training(tmp_path, monkeypatch, phase):
     assert (tmp_path / "run" / "iter-1" / "search.jsonl").read_bytes() == before
     phases = json.loads((tmp_path / "run" / "iter-1" / "phases.json").read_text())
     assert list(phases) == ["imagine", "search", "extract", "policy", "critics", "eval", "watch"]
+
+
+def test_a_training_phase_redone_after_a_crash_keeps_one_loss_curve(tmp_path, monkeypatch):
+    """bench/kill_soak.py found it: a kill -9 after the critics were saved and before the phase was recorded,
+    and the resume appended a second curve to critics.losses.jsonl (DPO's log the same way)."""
+    feed_the_policy_phase(monkeypatch)  # so that DPO has pairs
+    real, rows_then = loop.Run.mark, {}
+
+    def crash_once(run, i, phase, info):  # the phase's files written, its record not yet
+        if i == 1 and phase in ("policy", "critics") and phase not in rows_then:
+            log = "dpo" if phase == "policy" else "critics"
+            rows_then[phase] = read_rows(run.it(1) / f"{log}.losses.jsonl")
+            raise Boom()
+        real(run, i, phase, info)
+
+    monkeypatch.setattr(loop.Run, "mark", crash_once)
+    cfg = small(iterations=1, eval_methods=["greedy"], policy_update="sft+dpo")
+    with pytest.raises(Boom):
+        improve(tmp_path / "run", cfg, progress=False)
+    for _ in range(2):  # the policy's crash redone, then the critics' crash, then the rest
+        with pytest.raises(Boom) if len(rows_then) < 2 else nullcontext():
+            improve(tmp_path / "run", None, resume=True, progress=False)
+    it = tmp_path / "run" / "iter-1"
+    dpo, crit = read_rows(it / "dpo.losses.jsonl"), read_rows(it / "critics.losses.jsonl")
+    assert dpo and len(dpo) == len(rows_then["policy"])
+    steps = [(r["critic"], r["step"]) for r in crit]
+    assert len(steps) == len(set(steps)) == 2 * cfg.critic.steps == len(rows_then["critics"])
 
 
 def test_nan_in_policy_training_keeps_the_previous_policy(tmp_path, monkeypatch):

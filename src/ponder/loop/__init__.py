@@ -41,7 +41,7 @@ from .config import CRITIC_KINDS, ImproveConfig, PolicyUpdate, TrainFrom, WatchC
 from .imagine import held_out
 from .improver import Improver
 from .learn import train_policy_phase
-from .run import LOCK, Run, open_run, problem_rows, say
+from .run import LOCK, Run, open_run, problem_rows, say, soak_pause
 
 __all__ = [
     "CRITIC_KINDS", "LOCK", "ImproveConfig", "Improver", "PolicyUpdate", "Run", "TrainFrom", "WatchConfig",
@@ -147,10 +147,15 @@ def evaluate_and_watch(imp: Improver, i: int) -> None:
 
 def record(imp: Improver, i: int) -> None:
     """Append iteration i's metrics line (once) and rewrite the report; the tracker gets the line and the
-    report's plots at step i, once too (a resumed run does not log a recorded iteration again)."""
+    report's plots at step i, once too (a resumed run does not log a recorded iteration again). A resume
+    rewrites the report once, at the last recorded iteration (a crash may have come before it was written),
+    not once per finished iteration."""
     from ..report.run_report import write_report
 
-    new = not any(m["iteration"] == i for m in imp.run.metrics())
+    recorded = [m["iteration"] for m in imp.run.metrics()]
+    new = i not in recorded
+    if not new and i != max(recorded):
+        return
     if new:
         ph = imp.run.phases(i)
         line = {"iteration": i, "policy": ph.get("policy"), "eval": ph.get("eval", {}), "watch": ph.get("watch", {}),
@@ -161,6 +166,7 @@ def record(imp: Improver, i: int) -> None:
         with (imp.run.root / "metrics.jsonl").open("a") as fh:
             fh.write(json.dumps(line) + "\n")
         imp.tracker.log({k: v for k, v in line.items() if k != "iteration"}, i)
+        soak_pause()
     write_report(imp.run.root, imp.run.metrics(), imp.cfg)
     if new:
         for png in sorted(imp.run.root.glob("*.png")):

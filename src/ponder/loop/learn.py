@@ -91,6 +91,8 @@ def train_policy(imp: Improver, i: int, start: str) -> str:
             say(f"iteration {i}: step-level DPO on {len(pairs)} sibling pairs")
             t0 = time.time()
             before = {k: v.detach().clone() for k, v in policy.model.state_dict().items()}
+            if is_main_process():
+                (it / "dpo.losses.jsonl").unlink(missing_ok=True)  # one curve, as in update_and_save
             try:
                 info["dpo"] = {**train_dpo(policy, imp.task, pairs, cfg.dpo, it / "dpo.losses.jsonl", imp.progress,
                                            imp.tracker.under(f"dpo/iter-{i}")),
@@ -212,6 +214,8 @@ def train_critics(imp: Improver, i: int) -> dict:
     cfg, it = imp.cfg, imp.run.it(i)
     if not cfg.retrain_critics and i > 1:
         return {"frozen": True}
+    log = it / "critics.losses.jsonl"
+    log.unlink(missing_ok=True)  # started afresh: a phase redone after a crash has one curve per critic
     out: dict[str, Any] = {}
     for kind in imp.critic_kinds():
         records = read_rows(it / "data" / f"{kind}.jsonl")
@@ -226,7 +230,7 @@ def train_critics(imp: Improver, i: int) -> dict:
         t0 = time.time()
         try:
             metrics = train_critic(critic, records, replace(cfg.critic, seed=cfg.critic.seed + i),
-                                   it / "critics.losses.jsonl", imp.progress, imp.tracker.under(f"{kind}_critic/iter-{i}"))
+                                   log, imp.progress, imp.tracker.under(f"{kind}_critic/iter-{i}"))
         except PonderError as e:
             say(f"iteration {i}: {e}; the {kind} critic stays as it was")
             out[kind] = {"error": str(e)}

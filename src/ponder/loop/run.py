@@ -2,6 +2,7 @@
 and the loop's voice (``say``)."""
 
 import json
+import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -15,6 +16,16 @@ from ..train.parallel import is_main_process
 from .config import ImproveConfig
 
 LOCK = "ponder.lock"  # the lock file inside a run folder, held by the process running it
+SOAK_PAUSE = "PONDER_SOAK_PAUSE"  # bench/kill_soak.py's hook: see soak_pause
+
+
+def soak_pause() -> None:
+    """With ``PONDER_SOAK_PAUSE=S`` set, wait S seconds. The loop calls this as each phase ends, after the
+    phase's files are written and before its record (``Run.mark``; the report: after the metrics line,
+    before ``report.md``), so that ``bench/kill_soak.py`` can land a ``kill -9`` inside phases that take
+    milliseconds (imagine, extract) at the moment a crash is likeliest to leave half a phase. Unset: nothing."""
+    if os.environ.get(SOAK_PAUSE):
+        time.sleep(float(os.environ[SOAK_PAUSE]))
 
 
 class Run:
@@ -36,6 +47,7 @@ class Run:
             raise PonderError(f"{p}: damaged (not JSON); delete it to redo iteration {i}") from None
 
     def mark(self, i: int, phase: str, info: Any) -> None:
+        soak_pause()
         done = self.phases(i)
         done[phase] = info
         write_text(self.it(i) / "phases.json", json.dumps(done, indent=2))
