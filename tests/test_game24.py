@@ -174,7 +174,9 @@ def test_imagine_never_asks_the_solver(task, monkeypatch):
         raise AssertionError("the brute-force solver is for analysis only")
 
     monkeypatch.setattr(g, "_solve", no_solver)
+    monkeypatch.setattr(g, "reachable", no_solver)
     assert len(task.imagine(50, seed=3)) == 50
+    assert len(task.bootstrap_traces(50, seed=3)) == 50
 
 
 def test_bootstrap_texts_are_legal_off_test_and_deterministic(task):

@@ -406,6 +406,7 @@ def test_no_training_signal_comes_from_the_solver(tmp_path, monkeypatch):
 
     monkeypatch.setattr(g, "_solve", solver)
     monkeypatch.setattr(g, "solve", solver)
+    monkeypatch.setattr(g, "reachable", solver)
     improve(tmp_path / "run", small(iterations=1), progress=False)
     metrics = read_rows(tmp_path / "run" / "metrics.jsonl")
     assert [m["iteration"] for m in metrics] == [0, 1]

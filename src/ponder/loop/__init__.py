@@ -67,6 +67,9 @@ def improve(
     root = Path(out)
     if cfg is not None:
         require(cfg.report_to)  # a missing tensorboard is said before the run folder is made
+        from ..tasks import get_task
+
+        get_task(cfg.task, cfg.data, cfg.free_text, **cfg.task_options)  # and so is a bad task, file or task option
     if resume and not (root / "config.yaml").exists():
         raise PonderError(f"nothing to resume: {root / 'config.yaml'} not found")
     check_out_dir(root, "the run folder")  # created (new run) and writable, before any model is loaded

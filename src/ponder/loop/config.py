@@ -2,8 +2,8 @@
 stand-alone commands' where the loop wants other settings."""
 
 # No ``from __future__ import annotations``: ``config.build`` resolves the nested config types.
-from dataclasses import dataclass, fields, is_dataclass, replace
-from typing import Literal
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from typing import Any, Literal
 
 from ..config import check_literals, check_positive, nested, option
 from ..errors import PonderError
@@ -77,6 +77,9 @@ class ImproveConfig:
 
     task: str = option("game24", "task to improve on")
     data: str | None = option(None, "your own problem file for the task")
+    task_options: dict[str, Any] = field(default_factory=dict, metadata={"help": (
+        "the task's own knobs (--task-option KEY=VALUE, or YAML task_options: {n_numbers: 5}), e.g. countdown's "
+        "n_numbers, min_number, max_number, min_target, max_target")})
     model: str | None = option(None, "starting policy (a model folder, .gguf or smollm2); None = bootstrap the tiny model")
     iterations: int = option(2, "iterations of imagine -> search -> learn -> evaluate")
     problems: int = option(200, "new training problems searched per iteration")
@@ -130,6 +133,8 @@ class ImproveConfig:
     watch: WatchConfig = nested(WatchConfig)
 
     def __post_init__(self):
+        if not isinstance(self.task_options, dict) or not all(isinstance(k, str) for k in self.task_options):
+            raise PonderError(f"task_options: expected a mapping of option: value, got {self.task_options!r}")
         check_positive(self, "iterations", "problems", "search_batch", "eval_n", "eval_batch", "replay", "traces_per_problem")
         check_literals(self)
         if self.lora_r < 0:

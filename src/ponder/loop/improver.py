@@ -26,7 +26,7 @@ class Improver:
     def __init__(self, run: Run, progress: bool = True, ray: str | None = None, workers: int | None = None,
                  launcher: str | None = None):
         self.run, self.cfg, self.progress = run, seeded(run.cfg), progress  # the folder keeps the config as given
-        self.task = get_task(self.cfg.task, self.cfg.data, self.cfg.free_text)
+        self.task = get_task(self.cfg.task, self.cfg.data, self.cfg.free_text, **self.cfg.task_options)
         self.val, self.new_problems = held_out(self.task, self.cfg)
         self.policy_cache: tuple[str, Any] | None = None  # (spec, policy) last loaded; dropped when training changes it
         self.ray, self.workers = ray, workers
@@ -92,7 +92,7 @@ class Improver:
             from ..distributed import RayPool, WorkerSpec
 
             spec = WorkerSpec(self.task.name, self.cfg.data, policy, self.cfg.device, "auto", critic, self.cfg.seed,
-                              self.cfg.free_text)
+                              self.cfg.free_text, task_options=dict(self.task.options))
             if self.pool is None:
                 self.pool = RayPool(spec, self.ray, self.workers)
             self.pool.use(spec)

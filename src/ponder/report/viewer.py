@@ -238,7 +238,9 @@ def view(path: Path | str, out: Path | str | None = None, credit: str | None = N
             raise PonderError(f"--credit needs the task: {path} has no meta file naming it; give --task")
         if kind == "tree":
             raise PonderError(f"--credit needs each tree's problem: {path} is a bare tree; use an eval run file (--save-trees)")
-        add_credit(rows, load_implicit(credit, get_task(name, meta.get("data") if not task else None)))
+        # the run file's own task, with its data file and knobs, unless --task names another
+        own = {} if task else {"data": meta.get("data"), **(meta.get("task_options") or {})}
+        add_credit(rows, load_implicit(credit, get_task(name, **own)))
     out = Path(out) if out else path.with_suffix(".html")
     if out.resolve() == path.resolve():
         raise PonderError(f"--out would overwrite the input {path}")

@@ -23,7 +23,7 @@ import random
 import re
 from typing import Sequence
 
-from ..errors import PonderError
+from ..errors import PonderError, choice
 from .base import Problem, Split, Task
 
 OPS = "+-*"
@@ -129,7 +129,7 @@ class Arithmetic(Task):
         return self._distinct(self.n_train, random.Random(f"arithmetic-train-{self.seed}"), self.test_questions)
 
     def problems(self, split: Split) -> list[Problem]:
-        return {"train": self._train, "test": self._test}[split]
+        return {"train": self._train, "test": self._test}[choice("split", split, ("train", "test"))]
 
     def imagine(self, n: int, seed: int) -> list[Problem]:
         """``n`` distinct fresh problems, none of the test split."""

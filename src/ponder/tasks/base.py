@@ -11,11 +11,14 @@ import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from types import MappingProxyType
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 from ..errors import PonderError
 
-Split = Literal["train", "test"]
+#: "validation" is held out like "test", for choosing settings without looking at the test split; only
+#: tasks that have one (countdown) serve it
+Split = Literal["train", "validation", "test"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,9 @@ class Task(ABC):
     action_stop: tuple[str, ...] | None = None
     #: the model writes every step whole, observations included (set per instance; see ``observes``)
     free_text: bool = False
+    #: the task's own knobs as ``get_task`` was given them (``--task-option``; e.g. countdown's ``n_numbers``),
+    #: set per instance, so that a Ray worker or a resumed run rebuilds the same task
+    options: Mapping[str, Any] = MappingProxyType({})
 
     # --- data -------------------------------------------------------------------------------------
     @abstractmethod
@@ -184,8 +190,9 @@ class Task(ABC):
         raise PonderError(f"task {self.name!r} cannot tell a trace's first bad step")
 
 
-def read_jsonl(path: str | Path, required: Sequence[str]) -> list[dict]:
-    """Read a JSONL file; a malformed line or a missing key is a one-line error naming file and line."""
+def read_jsonl(path: str | Path, required: Sequence[str], check: Callable[[dict], Any] | None = None) -> list[dict]:
+    """Read a JSONL file; a malformed line or a missing key is a one-line error naming file and line, and so
+    is a row that ``check`` refuses (by raising ``PonderError``: its message, after the file and line)."""
     path = Path(path)
     if not path.is_file():
         raise PonderError(f"data file not found: {path}")
@@ -203,6 +210,11 @@ def read_jsonl(path: str | Path, required: Sequence[str]) -> list[dict]:
             missing = [k for k in required if k not in row]
             if missing:
                 raise PonderError(f"{path}:{lineno}: missing key(s) {', '.join(missing)}")
+            if check is not None:
+                try:
+                    check(row)
+                except PonderError as e:
+                    raise PonderError(f"{path}:{lineno}: {e}") from None
             rows.append(row)
     if not rows:
         raise PonderError(f"{path}: no problems in file")
