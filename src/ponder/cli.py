@@ -375,9 +375,8 @@ def cmd_compare(args) -> None:
     from .io import check_out_file
     from .lock import hold
     from .models import load_policy
-    from .tasks import get_task
 
-    task = get_task(args.task, args.data, args.free_text)
+    task = _task(args)
     budgets = parse_budgets(args.budgets, args.budget_unit)
     methods = parse_methods(args.methods, args.set, args.cap, args.seed)
     problems = task.problems(args.split)[: args.limit]
@@ -390,6 +389,8 @@ def cmd_compare(args) -> None:
         critics = {m.critic: get_critic(m.critic, task, policy) for m in methods if m.critic is not None}
         settings = {"task": task.name, "data": args.data, "free_text": task.free_text, "split": args.split,
                     "model": args.model, "seed": args.seed}
+        if task.options:  # absent otherwise, so run files written before task options existed still resume
+            settings["task_options"] = dict(task.options)
         rows = run_compare(task, policy, methods, budgets, problems, out, critics, settings, args.batch, args.seed,
                            not args.quiet)
     labels, amounts = [m.label for m in methods], [b.amount for b in budgets]
