@@ -6,7 +6,6 @@ from __future__ import annotations
 import itertools
 import math
 import random
-from fractions import Fraction
 
 import pytest
 import torch
@@ -36,23 +35,29 @@ def puzzle(*nums: int) -> Problem:
 # --- the task's actions and observations ------------------------------------------------------------------
 
 
-def test_every_listed_action_observes_to_a_legal_step_and_nothing_is_missing():
-    p = puzzle(4, 5, 6, 10)
-    acts = TASK.legal_actions(p, [])
-    assert len(acts) == len(set(acts)) == 36  # 6 pairs x (+, *, a-b, b-a, a/b, b/a)
+def assert_every_legal_operation_is_listed_once(task, p) -> None:
+    """Each listed action of ``p``'s first state observes to a legal step, and every legal operation on two of its
+    numbers is listed (by its resulting numbers): the check Game of 24 and Countdown share."""
+    acts = task.legal_actions(p, [])
+    assert len(acts) == len(set(acts))
     for a in acts:
-        step = TASK.observe(p, [], a)
-        assert step.startswith(a) and TASK.action_of(step) == a
-        assert apply_step(replay(TASK.numbers(p), []), step) is not None
-    # every legal operation on two of the numbers is listed, by its resulting numbers
-    listed = {tuple(sorted(replay(TASK.numbers(p), [TASK.observe(p, [], a)]))) for a in acts}
-    nums = [Fraction(x) for x in (4, 5, 6, 10)]
+        step = task.observe(p, [], a)
+        assert step.startswith(a) and task.action_of(step) == a
+        assert apply_step(replay(task.numbers(p), []), step) is not None
+    listed = {tuple(sorted(replay(task.numbers(p), [task.observe(p, [], a)]))) for a in acts}
+    nums = task.numbers(p)
     want = set()
-    for i, j in itertools.permutations(range(4), 2):
+    for i, j in itertools.permutations(range(len(nums)), 2):
         rest = [x for k, x in enumerate(nums) if k not in (i, j)]
         for r in (nums[i] + nums[j], nums[i] - nums[j], nums[i] * nums[j], nums[i] / nums[j]):
             want.add(tuple(sorted(rest + [r])))
     assert listed == want
+
+
+def test_every_listed_action_observes_to_a_legal_step_and_nothing_is_missing():
+    p = puzzle(4, 5, 6, 10)
+    assert len(TASK.legal_actions(p, [])) == 36  # 6 pairs x (+, *, a-b, b-a, a/b, b/a)
+    assert_every_legal_operation_is_listed_once(TASK, p)
 
 
 def test_actions_on_equal_numbers_are_listed_once_and_zero_is_never_a_divisor():
