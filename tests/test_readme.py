@@ -336,7 +336,7 @@ def command_problems(readme: str) -> list[str]:
 def test_readme_shows_commands():
     whole, fragments = commands(README)
     subs = {a[0] for a in whole}
-    assert {"eval", "improve", "train", "solve", "view", "credit"} <= subs, subs
+    assert {"eval", "compare", "improve", "train", "solve", "view", "credit"} <= subs, subs
     assert len(whole) >= 20 and fragments
 
 
@@ -345,9 +345,9 @@ def test_every_readme_command_parses():
 
 
 def test_a_wrong_option_or_subcommand_is_caught():
-    assert "--beam-width 4" in README
-    bad_option = README.replace("--beam-width 4", "--beam-widht 4")
-    assert any("no option --beam-widht" in p for p in command_problems(bad_option))
+    assert "--budgets 500" in README
+    bad_option = README.replace("--budgets 500", "--budgtes 500")
+    assert any("no option --budgtes" in p for p in command_problems(bad_option))
     bad_sub = README.replace("ponder improve --out runs/mine ", "ponder improv --out runs/mine ", 1)
     assert bad_sub != README
     assert any("no subcommand 'improv'" in p for p in command_problems(bad_sub))

@@ -12,7 +12,7 @@ A method is ``NAME`` or ``NAME=CRITIC`` (any ``--critic`` spec: ``beam=value:DIR
 ``best-of-n=verifier``); methods that rank need a critic and get the verifier without one. Each uses
 its own defaults, overridden by ``--set NAME.FIELD=VALUE``, except that the options which would stop
 it before the budget does (``n`` traces, ``max_nodes``, ``simulations``, ``max_expansions``) are
-raised to ``--cap`` unless set: the budget is what ends the search. A method that finishes on its own
+raised to ``--cap`` (never lowered) unless set: the budget is what ends the search. A method that finishes on its own
 (beam search at the last step) spends less than the budget, and the table says how much it spent.
 
 The table gives, per method and budget, the solve rate with its standard error, sqrt(p (1 - p) / n),
@@ -84,9 +84,9 @@ def parse_methods(terms: Sequence[str], sets: Sequence[str], cap: int, seed: int
         own = values.get(name.strip(), {})
         if not isinstance(own, dict):
             raise PonderError(f"--set {name}: expected {name}.FIELD=VALUE")
-        names = {f.name for f in fields(m.config)}
-        base = {f: cap for f in CAPPED if f in names}
-        if "seed" in names:
+        defaults = {f.name: f.default for f in fields(m.config)}
+        base = {f: max(cap, defaults[f]) for f in CAPPED if isinstance(defaults.get(f), int)}
+        if "seed" in defaults:
             base["seed"] = seed
         cfg = build(m.config, {**base, **own}, name.strip())
         label = name.strip() + (f"={critic}" if eq else "")
