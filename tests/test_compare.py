@@ -239,3 +239,24 @@ def test_compare_writes_a_row_per_method_budget_and_problem_and_resumes(tiny_mod
     assert main(compare_args(tiny_model_dir, out, "--set", "beam.beam_width=2")) == 2
     assert "written with other settings" in capsys.readouterr().err
     assert len(keys(out)) == 12
+
+
+def test_each_state_is_charged_only_the_actions_it_draws(policy):
+    """A rollout step draws as many actions at each state as it has continuations there; drawing the
+    batch's largest number at every state charged actions nobody took as generated tokens."""
+    env = SearchEnv(policy, TASK)
+    a, b = State(PROBLEMS[0]), State(PROBLEMS[1])
+    one, three = env.expand([a, b], [1, 3], 1.0)
+    assert len(one) == 1 and len(three) == 3
+    assert env.spent[a.problem.id].tokens_generated == one[0].num_tokens
+    assert env.spent[b.problem.id].tokens_generated == sum(p.num_tokens for p in three)
+    # a rollout: at each state, as many distinct actions as continuations went through it, and no more
+    env.spent.clear()
+    p = PROBLEMS[2]
+    traces = env.rollout([State(p)], 5, 1.0)[0]
+    edges = {(t[:d], t[d]) for t in traces for d in range(len(t))}
+    charged = 0
+    for steps, step in edges:
+        legal, _, ntok = env._priors[p][steps]
+        charged += ntok[legal.index(TASK.action_of(step))]
+    assert env.spent[p.id].tokens_generated == charged

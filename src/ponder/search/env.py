@@ -155,14 +155,17 @@ class SearchEnv:
         return memo[key]
 
     # --- the callables search uses ----------------------------------------------------------------
-    def expand(self, states: Sequence[State], k: int, temperature: float = 1.0, top_p: float = 1.0) -> list[list[Proposal]]:
-        """Up to k distinct next steps for each state (see the module docstring): one scoring call for all
-        states where the task lists actions, else sampler calls until each has k distinct steps."""
+    def expand(self, states: Sequence[State], k: int | Sequence[int], temperature: float = 1.0,
+               top_p: float = 1.0) -> list[list[Proposal]]:
+        """Up to k distinct next steps for each state (see the module docstring), or up to ``k[i]`` for state
+        i: one scoring call for all states where the task lists actions, else sampler calls until each has
+        its distinct steps."""
+        ks = [k] * len(states) if isinstance(k, int) else list(k)
         if self.lists_actions:
-            return self._expand_listed(states, k, temperature)
-        return self._expand_sampled(states, k, temperature, top_p)
+            return self._expand_listed(states, ks, temperature)
+        return self._expand_sampled(states, ks, temperature, top_p)
 
-    def _expand_listed(self, states: Sequence[State], k: int, temperature: float) -> list[list[Proposal]]:
+    def _expand_listed(self, states: Sequence[State], ks: Sequence[int], temperature: float) -> list[list[Proposal]]:
         out: list[list[Proposal]] = [[] for _ in states]
         fresh = self._score_actions(states)
         for i, s in enumerate(states):
@@ -170,7 +173,7 @@ class SearchEnv:
             if not legal:
                 continue
             prior = softmax(lps)
-            drawn = gumbel_top_k(lps, k, self.rng, temperature)
+            drawn = gumbel_top_k(lps, ks[i], self.rng, temperature)
             for a in drawn:
                 text = self.task.observe(s.problem, s.steps, legal[a])
                 if text is None:
@@ -209,18 +212,19 @@ class SearchEnv:
             self._priors[s.problem][s.steps] = (self._priors[s.problem][s.steps][0], lps, ntok)
         return dict(zip(todo.values(), scores.compute))
 
-    def _expand_sampled(self, states: Sequence[State], k: int, temperature: float, top_p: float) -> list[list[Proposal]]:
+    def _expand_sampled(self, states: Sequence[State], ks: Sequence[int], temperature: float, top_p: float) -> list[list[Proposal]]:
         out: list[list[Proposal]] = [[] for _ in states]
         seen: list[set[str]] = [set() for _ in states]
         want = list(range(len(states)))
         for _ in range(self.distinct_rounds if temperature > 0 else 1):
-            for i, props in zip(want, self._sample([states[i] for i in want], k, temperature, top_p)):
+            # one sampler call draws as many per state as the state that wants most (the sampler takes one k)
+            for i, props in zip(want, self._sample([states[i] for i in want], max(ks[i] for i in want), temperature, top_p)):
                 for p in props:
-                    if p.text not in seen[i] and len(out[i]) < k:
+                    if p.text not in seen[i] and len(out[i]) < ks[i]:
                         seen[i].add(p.text)
                         out[i].append(p)
             # a state whose samples are all blank has ended its trace: sampling it again finds nothing new
-            want = [i for i in want if len(out[i]) < k and any(p.text.strip() for p in out[i])]
+            want = [i for i in want if len(out[i]) < ks[i] and any(p.text.strip() for p in out[i])]
             if not want:
                 break
         return out
@@ -278,8 +282,10 @@ class SearchEnv:
             if not groups:
                 break
             uniq = list(groups)
-            n = max(map(len, groups.values()))
-            step = self._sample(uniq, n, temperature, top_p) if sampled else self.expand(uniq, n, temperature, top_p)
+            if sampled:
+                step = self._sample(uniq, max(map(len, groups.values())), temperature, top_p)
+            else:  # each state draws as many steps as it has continuations, so no more are charged as generated
+                step = self.expand(uniq, [len(groups[s]) for s in uniq], temperature, top_p)
             for s, props in zip(uniq, step):
                 for j, r in enumerate(groups[s]):
                     p = props[j % len(props)] if props else None
