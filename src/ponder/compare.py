@@ -252,7 +252,7 @@ def plot(rows: Sequence[dict], methods: Sequence[str], budgets: Sequence[float],
         ax.set_xscale("log")
         ax.set_ylabel("solved (%)")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    axes[0].legend(fontsize=7, loc="lower right")
     fig.suptitle(f"solve rate at matched budgets ({unit})")
     fig.tight_layout()
     tmp = path.with_name(path.name + ".tmp.png")
