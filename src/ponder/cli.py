@@ -120,10 +120,9 @@ def _add_budget_args(p: argparse.ArgumentParser, many: bool = False) -> None:
 
 def _budget(args):
     """The ``Budget`` of --budget / --budget-unit, checked before any model is loaded (None without --budget)."""
-    from .compute import BUDGET_UNITS, Budget
+    from .compute import Budget, check_unit
 
-    if args.budget_unit not in BUDGET_UNITS:
-        raise PonderError(f"--budget-unit: unknown unit {args.budget_unit!r}; choose one of: {', '.join(BUDGET_UNITS)}")
+    check_unit(args.budget_unit)  # also without --budget: a wrong unit is a mistake either way
     return None if args.budget is None else Budget(args.budget, args.budget_unit)
 
 

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
-from .compute import BUDGET_UNITS, Budget, Compute
+from .compute import Budget, Compute, check_unit
 from .errors import PonderError
 from .io import append_lines, named, write_text
 from .tasks import Problem, Task
@@ -51,8 +51,7 @@ class MethodSpec(NamedTuple):
 
 def parse_budgets(text: str, unit: str) -> list[Budget]:
     """``250,500,1000``: budgets in ``unit``, each > 0, in the order given (repeats dropped)."""
-    if unit not in BUDGET_UNITS:
-        raise PonderError(f"--budget-unit: unknown unit {unit!r}; choose one of: {', '.join(BUDGET_UNITS)}")
+    check_unit(unit)
     out: list[Budget] = []
     for term in (t.strip() for t in text.split(",")):
         try:

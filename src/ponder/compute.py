@@ -88,6 +88,12 @@ BudgetUnit = Literal["tokens", "flops"]
 BUDGET_UNITS: tuple[str, ...] = ("tokens", "flops")
 
 
+def check_unit(unit: str) -> None:
+    """A one-line error for a budget unit that is not one of ``BUDGET_UNITS``."""
+    if unit not in BUDGET_UNITS:
+        raise PonderError(f"--budget-unit: unknown unit {unit!r}; choose one of: {', '.join(BUDGET_UNITS)}")
+
+
 @dataclass(frozen=True)
 class Budget:
     """A problem's compute budget: ``amount`` generated tokens (``unit="tokens"``) or forward FLOPs
@@ -99,8 +105,7 @@ class Budget:
     unit: BudgetUnit = "tokens"
 
     def __post_init__(self):
-        if self.unit not in BUDGET_UNITS:
-            raise PonderError(f"--budget-unit: unknown unit {self.unit!r}; choose one of: {', '.join(BUDGET_UNITS)}")
+        check_unit(self.unit)
         if not self.amount > 0:
             raise PonderError(f"--budget must be > 0, got {self.amount:g}")
 

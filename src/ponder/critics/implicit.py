@@ -97,6 +97,7 @@ class ImplicitReward:
         self.encode = TraceEncoder(tokenizer, task)  # uncut: a trace longer than the model is an error here
         self.flops_per_token = flops_per_token(policy_model) + flops_per_token(reference_model)  # both read each token
         self.last_compute: list[Compute] = []  # what the last call read, one per state (see critics.base)
+        self._read: list[int] = []  # tokens of each state the last ``_rewards`` read
 
     @classmethod
     def load(cls, policy: str | Path, reference: str | Path, task: Task, beta: float = 0.1, device: str | None = None,
@@ -144,6 +145,7 @@ class ImplicitReward:
         from ..models.hf import token_logprobs
 
         pad = self.tokenizer.pad_token_id
+        self._read = []
         for i in range(0, len(problems), self.max_batch):
             ps, ss = problems[i : i + self.max_batch], steps[i : i + self.max_batch]
             enc = [self.encode(p, s) for p, s in zip(ps, ss)]
@@ -151,6 +153,7 @@ class ImplicitReward:
                 if self.limit and len(ids) > self.limit:
                     raise PonderError(f"implicit reward: the trace of {p.id} is longer than the model's {self.limit} positions")
             seqs = [ids for ids, _ in enc]
+            self._read += [len(x) for x in seqs]
             r = self.beta * (token_logprobs(self.policy, seqs, pad) - token_logprobs(self.reference, seqs, pad))  # (B, T-1)
             r = r.cpu()
             for j, ((ids, ends), st) in enumerate(zip(enc, ss)):
@@ -185,7 +188,7 @@ class ImplicitReward:
         t0 = time.perf_counter()
         out = [float(r.sum()) for r, _ in self._rewards(problems, steps)]
         # each model reads every state whole: twice the tokens and the calls, each token at both models' price
-        read = [2 * len(self.encode(p, s)[0]) for p, s in zip(problems, steps)]
+        read = [2 * n for n in self._read]
         calls = 2 * -(-len(problems) // self.max_batch)
         self.last_compute = split_compute([0] * len(read), read, calls, time.perf_counter() - t0, self.flops_per_token / 2)
         return out

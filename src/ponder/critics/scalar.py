@@ -81,6 +81,7 @@ class ScalarCritic:
 
         self.encode = TraceEncoder(tokenizer, task, getattr(backbone.config, "max_position_embeddings", None))
         self.last_compute: list[Compute] = []  # what the last call read, one per state (see critics.base)
+        self.flops_per_token = flops_per_token(self.backbone, self.head)  # training changes weights, not their number
 
     @property
     def device(self) -> torch.device:
@@ -154,8 +155,7 @@ class ScalarCritic:
             out.extend(h[j, ends].float() for j, (_, ends) in enumerate(enc))
             read += [len(x) for x, _ in enc]
         calls = -(-len(problems) // self.max_batch)
-        self.last_compute = split_compute([0] * len(read), read, calls, time.perf_counter() - t0,
-                                          flops_per_token(self.backbone, self.head))
+        self.last_compute = split_compute([0] * len(read), read, calls, time.perf_counter() - t0, self.flops_per_token)
         return out
 
     def step_logits(self, problems: Sequence[Problem], steps: Sequence[Sequence[str]]) -> list[torch.Tensor]:
