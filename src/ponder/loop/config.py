@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from ..config import check_literals, check_positive, nested, option
 from ..errors import PonderError
+from ..imagination import IMAGINE_HELP, ImagineConfig, parse_imagine
 from ..models.tiny import TinyConfig
 from ..search.mcts import MCTSConfig
 from ..train.critic import CriticConfig
@@ -81,6 +82,7 @@ class ImproveConfig:
         "the task's own knobs (--task-option KEY=VALUE, or YAML task_options: {n_numbers: 5}), e.g. countdown's "
         "n_numbers, min_number, max_number, min_target, max_target")})
     model: str | None = option(None, "starting policy (a model folder, .gguf or smollm2); None = bootstrap the tiny model")
+    imagine: str = option("auto", IMAGINE_HELP)
     iterations: int = option(2, "iterations of imagine -> search -> learn -> evaluate")
     problems: int = option(200, "new training problems searched per iteration")
     validation: int = option(100, "held-out training-distribution problems for the collapse watch (with 100, one "
@@ -131,12 +133,14 @@ class ImproveConfig:
     search: MCTSConfig = nested(_search_defaults)
     eval_mcts: MCTSConfig = nested(_eval_mcts_defaults)
     watch: WatchConfig = nested(WatchConfig)
+    imagination: ImagineConfig = nested(ImagineConfig)
 
     def __post_init__(self):
         if not isinstance(self.task_options, dict) or not all(isinstance(k, str) for k in self.task_options):
             raise PonderError(f"task_options: expected a mapping of option: value, got {self.task_options!r}")
         check_positive(self, "iterations", "problems", "search_batch", "eval_n", "eval_batch", "replay", "traces_per_problem")
         check_literals(self)
+        parse_imagine(self.imagine)
         if self.lora_r < 0:
             raise PonderError(f"--lora-r must be >= 0, got {self.lora_r}")
         if self.validation < 0:

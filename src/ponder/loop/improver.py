@@ -29,6 +29,7 @@ class Improver:
         self.task = get_task(self.cfg.task, self.cfg.data, self.cfg.free_text, **self.cfg.task_options)
         self.val, self.new_problems = held_out(self.task, self.cfg)
         self.policy_cache: tuple[str, Any] | None = None  # (spec, policy) last loaded; dropped when training changes it
+        self.writer: tuple[str, Any] | None = None  # (spec, model) of --imagine model:SPEC, loaded on first use
         self.ray, self.workers = ray, workers
         self.pool = None  # Ray actors for search and evaluation, started on first use
         self.launcher = launcher  # e.g. "accelerate launch --multi_gpu --num_processes 8": trains the policy
