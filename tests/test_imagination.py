@@ -104,6 +104,7 @@ def test_format_filter():
     assert "asks nothing" in format_verdict("Lena reads 20 pages of her novel every evening, and 340 pages in all.", task, cfg)
     assert "numbers" in format_verdict("Lena reads some pages of her novel every evening. How long will it take her?", task, cfg)
     assert parse_written("**Problem 5:** " + DIFFERENT + "\n\nSolution: 12 evenings") == DIFFERENT
+    assert parse_written("Here is a new problem:\n\nProblem 5:\n" + DIFFERENT + "\n\nProblem 6: " + OTHER) == DIFFERENT
 
 
 def test_pseudo_reference_is_the_majority_answer():
@@ -241,3 +242,37 @@ def test_imagine_choices(tmp_path, capsys):
     cfg = build(ImproveConfig, {"imagine": "model"})
     with pytest.raises(PonderError, match="not voted on"):
         phase.held_out(get_task("game24"), cfg)
+
+
+def test_improve_with_imagine_model_through_the_command_line(tmp_path, tiny_model_dir, capsys, monkeypatch):
+    """``ponder improve --imagine model --set imagination.FIELD=V`` reaches the phase: the untrained tiny model
+    writes nothing usable, the iteration says so and falls back to the split; the verdicts are in the run
+    folder and the phase's record counts the writing. (The run skips iteration 0's evaluation and stops at the
+    search, which are not under test.)"""
+    import ponder.loop as loop
+
+    class Stop(Exception):
+        pass
+
+    def search(imp, i, start):
+        raise Stop
+
+    monkeypatch.setattr(loop.search, "search", search)
+    monkeypatch.setattr(loop, "evaluate_and_watch", lambda imp, i: None)  # iteration 0's evaluation: not under test
+    data = tmp_path / "gsm8k.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in gsm8k_rows(10)))
+    out = tmp_path / "run"
+    argv = ["improve", "--task", "gsm8k", "--data", str(data), "--model", str(tiny_model_dir), "--imagine", "model",
+            "--iterations", "1", "--problems", "2", "--validation", "2", "--eval-limit", "1", "--eval-methods", "greedy",
+            "--out", str(out), "--quiet"]
+    for s in ["imagination.batch=4", "imagination.candidates=4", "imagination.write_tokens=16", "imagination.shots=2",
+              "imagination.solve_tokens=16", "imagination.solutions=2", "watch.samples=1"]:
+        argv += ["--set", s]
+    with pytest.raises(Stop):
+        main(argv)
+    assert "falling back to the train split" in capsys.readouterr().out
+    rows = read_rows(out / "iter-1" / "imagined.jsonl")
+    assert len(rows) == 4 and all(r["verdict"] != "kept" and r["why"] for r in rows)
+    rec = json.loads((out / "iter-1" / "phases.json").read_text())["imagine"]
+    assert rec["imagined"]["fell_back"] and rec["imagined"]["write"]["tokens_generated"] > 0
+    assert rec["problems"] == 2 and len(rows[0]["shots"]) == 2

@@ -115,10 +115,14 @@ _NUMBER = re.compile(r"\d[\d,]*(?:\.\d+)?")
 
 
 def parse_written(text: str) -> str:
-    """The problem in a writer's output: after any label (``Problem 5:``, ``New problem:``), up to the first
-    blank line (what follows is the writer going on: a solution, another problem)."""
-    body = _LABEL.sub("", text.strip(), count=1).strip().strip("*").strip()
-    return re.split(r"\n\s*\n", body, maxsplit=1)[0].strip()
+    """The problem in a writer's output: its first paragraph (blank lines apart) that asks something, after
+    any label (``Problem 5:``, ``**New problem:**``); a chat model's preamble ("Here is a new problem:") and
+    what follows the problem (a solution, more problems) are not part of it. With no paragraph asking
+    anything, the first one (which the format filter then rejects)."""
+    paragraphs = [_LABEL.sub("", p.strip(), count=1).strip().strip("*").strip()
+                  for p in re.split(r"\n\s*\n", text.strip())]
+    paragraphs = [p for p in paragraphs if p and not p.endswith(":")]
+    return next((p for p in paragraphs if _ASKS.search(p)), paragraphs[0] if paragraphs else "")
 
 
 def format_verdict(question: str, task: Task, cfg: ImagineConfig) -> str | None:
@@ -188,6 +192,28 @@ class Overlap:
             return 0.0, None
         j, c = counts.most_common(1)[0]
         return c / len(grams), self.names[j]
+
+
+def reference_index(task: Task, n: int, validation: Sequence[Problem], shown: Sequence[Problem],
+                    earlier: Sequence[tuple[str, str]] = ()) -> Overlap:
+    """The overlap filter's references: the task's test split and its validation split (where it has one),
+    the ``validation`` problems held out of the train split, the training examples the writer may be
+    ``shown``, and ``earlier`` problems as (name, text)."""
+    ov = Overlap(n)
+    for split in ("test", "validation"):
+        try:
+            refs = task.problems(split)
+        except PonderError:  # a task without this split
+            continue
+        for p in refs:
+            ov.add(f"{split}:{p.id}", p.question)
+    for p in validation:
+        ov.add(f"validation:{p.id}", p.question)
+    for p in shown:
+        ov.add(f"train:{p.id}", p.question)
+    for name, text in earlier:
+        ov.add(name, text)
+    return ov
 
 
 # --- the answerability filter -----------------------------------------------------------------------

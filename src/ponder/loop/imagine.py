@@ -6,7 +6,7 @@ import random
 from typing import TYPE_CHECKING, Callable
 
 from ..errors import PonderError
-from ..imagination import Overlap, Written, parse_imagine, write_problems
+from ..imagination import Written, parse_imagine, reference_index, write_problems
 from ..io import read_rows, write_jsonl
 from ..tasks import Problem, Task
 from .config import ImproveConfig
@@ -66,24 +66,12 @@ def written_problems(imp: Improver, i: int) -> Written:
     if not seeds:
         raise PonderError(f"--imagine {cfg.imagine}: no training example is left to show the writer: the train split's "
                           f"{len(task.problems('train'))} problems are all validation problems (--validation {cfg.validation})")
-    overlap = Overlap(cfg.imagination.ngram)
-    for split in ("test", "validation"):
-        try:
-            refs = task.problems(split)
-        except PonderError:  # a task without this split
-            continue
-        for p in refs:
-            overlap.add(f"{split}:{p.id}", p.question)
-    for p in imp.val:
-        overlap.add(f"validation:{p.id}", p.question)
-    for p in seeds:
-        overlap.add(f"train:{p.id}", p.question)
+    earlier = []
     for j in range(1, i):
-        for p in problem_rows(imp.run.it(j) / "problems.jsonl"):
-            overlap.add(f"earlier:{p.id}", p.question)
-        for r in read_rows(imp.run.it(j) / "imagined.jsonl"):
-            if r["verdict"] == "kept":
-                overlap.add(f"earlier:{r['id']}", r["question"])
+        earlier += [(f"earlier:{p.id}", p.question) for p in problem_rows(imp.run.it(j) / "problems.jsonl")]
+        earlier += [(f"earlier:{r['id']}", r["question"]) for r in read_rows(imp.run.it(j) / "imagined.jsonl")
+                    if r["verdict"] == "kept"]
+    overlap = reference_index(task, cfg.imagination.ngram, imp.val, seeds, earlier)
     out = imp.run.it(i) / "imagined.jsonl"
     if out.exists():
         say(f"iteration {i}: resuming imagination: {len(read_rows(out))} candidates already judged in {out}")
