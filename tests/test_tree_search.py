@@ -101,7 +101,8 @@ class FakeEnv:
         self.scored.append(list(states))
         return self.critic.score([s.problem for s in states], [s.steps for s in states])
 
-    def rollout(self, states, m, temperature=1.0, top_p=1.0) -> list[list[Path]]:
+    def rollout(self, states, m, temperature=1.0, top_p=1.0, leaf=False) -> list[list[Path]]:
+        assert leaf  # a tree search's rollouts value leaves: the env's rollout policy draws them
         self.rolled.append(list(states))
         out = []
         for s in states:

@@ -65,6 +65,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
     p.add_argument("--seed", type=int, default=0, help="seed for sampling (and for methods that take one)")
+    p.add_argument("--rollout-model", metavar="SPEC",
+                   help="leaf rollouts (mcts, --scorer rollout) from this cheaper model instead of --model: a model "
+                        "folder, a .gguf file, 'smollm2' or a server; its compute is charged at its own size")
 
 
 def _add_ray_args(p: argparse.ArgumentParser) -> None:
@@ -308,13 +311,33 @@ def _policy_and_critic(args, task):
     return policy, critic
 
 
+def _rolls_out(cfg) -> bool:
+    """Whether a method's config values leaves by rollouts: MCTS with --rollouts > 0, a tree search with --scorer rollout."""
+    from .search.mcts import MCTSConfig
+
+    return (isinstance(cfg, MCTSConfig) and cfg.rollouts > 0) or getattr(cfg, "scorer", None) == "rollout"
+
+
+def _rollout_policy(args, configs):
+    """The model of --rollout-model (None without it), refused in one line where no method rolls out."""
+    from .models import load_rollout_policy
+
+    if args.rollout_model is None:
+        return None
+    if not any(_rolls_out(c) for c in configs):
+        raise PonderError("--rollout-model: no method here rolls out (mcts with --rollouts > 0, or beam/dvts/tot/astar "
+                          "with --scorer rollout, does)")
+    return load_rollout_policy(args.rollout_model, device=args.device, dtype=args.dtype, seed=args.seed)
+
+
 def cmd_solve(args) -> None:
     from .search import SearchEnv
 
     task, method, cfg = _setup(args)
     problem = task.parse_problem(args.problem)
+    rollout = _rollout_policy(args, [cfg])
     policy, critic = _policy_and_critic(args, task)
-    [r] = method.run([problem], SearchEnv(policy, task, critic, budget=args.budget_obj), cfg)
+    [r] = method.run([problem], SearchEnv(policy, task, critic, budget=args.budget_obj, rollout_policy=rollout), cfg)
     print("".join(r.steps), end="" if r.steps and r.steps[-1].endswith("\n") else "\n")
     verdict = f"  reward {task.reward(problem, r.steps):.0f}" if task.checkable else ""
     c = r.compute
@@ -339,16 +362,20 @@ def _eval(args, task, method, cfg, problems, out: Path) -> None:
     if args.ray:
         from .distributed import RayPool, WorkerSpec
 
+        if args.rollout_model is not None and not _rolls_out(cfg):
+            _rollout_policy(args, [cfg])  # the one-line refusal
         spec = WorkerSpec(task.name, args.data, args.model, args.device, args.dtype, args.critic, args.seed, task.free_text,
-                          budget=args.budget_obj, task_options=dict(task.options))
+                          budget=args.budget_obj, task_options=dict(task.options), rollout_model=args.rollout_model)
         pool = RayPool(spec, args.ray, args.workers)
-        policy, critic = None, None  # the workers hold them
+        policy, critic, rollout = None, None, None  # the workers hold them
     elif args.workers:
         raise PonderError("--workers needs --ray")
     else:
+        rollout = _rollout_policy(args, [cfg])
         policy, critic = _policy_and_critic(args, task)
     settings = {"task": task.name, "data": args.data, "split": args.split, "model": args.model, "seed": args.seed,
                 "critic": args.critic}
+    settings["rollout_model"] = args.rollout_model  # None reads as absent: older run files still resume
     if task.options:  # absent otherwise, so run files written before task options existed still resume
         settings["task_options"] = dict(task.options)
     if args.budget_obj is not None:  # absent otherwise, so run files written before budgets existed still resume
@@ -356,7 +383,7 @@ def _eval(args, task, method, cfg, problems, out: Path) -> None:
     t0 = time.time()
     try:
         summary, _ = run_eval(task, policy, args.method, cfg, problems, out, critic, args.batch, args.seed, settings,
-                              not args.quiet, args.save_trees, pool, args.budget_obj)
+                              not args.quiet, args.save_trees, pool, args.budget_obj, rollout)
     finally:
         if pool is not None:
             pool.close()
@@ -381,17 +408,20 @@ def cmd_compare(args) -> None:
     problems = task.problems(args.split)[: args.limit]
     out = check_out_file(args.out or f"runs/compare/{task.name}-{args.split}.jsonl")
     with hold(out.with_name(out.name + ".lock"), str(out)):
+        rollout = _rollout_policy(args, [m.config for m in methods])
         policy = load_policy(args.model, device=args.device, dtype=args.dtype, seed=args.seed)
         from .search import SearchEnv
 
-        SearchEnv(policy, task, budget=budgets[0])  # a FLOPs budget for a server policy fails here, before any search
+        # a FLOPs budget for a server policy (or rollout model) fails here, before any search
+        SearchEnv(policy, task, budget=budgets[0], rollout_policy=rollout)
         critics = {m.critic: get_critic(m.critic, task, policy) for m in methods if m.critic is not None}
         settings = {"task": task.name, "data": args.data, "free_text": task.free_text, "split": args.split,
                     "model": args.model, "seed": args.seed}
         if task.options:  # absent otherwise, so run files written before task options existed still resume
             settings["task_options"] = dict(task.options)
+        settings["rollout_model"] = args.rollout_model  # None reads as absent: older run files still resume
         rows = run_compare(task, policy, methods, budgets, problems, out, critics, settings, args.batch, args.seed,
-                           not args.quiet)
+                           not args.quiet, rollout)
     labels, amounts = [m.label for m in methods], [b.amount for b in budgets]
     print(table(rows, labels, amounts, args.budget_unit))
     print(f"\nrows: {out}\nplot: {plot(rows, labels, amounts, args.budget_unit, out.with_suffix('.png'))}")

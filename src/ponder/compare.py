@@ -108,9 +108,10 @@ def _same_run(old: dict, new: dict) -> bool:
 
 def run_compare(task: Task, policy, methods: Sequence[MethodSpec], budgets: Sequence[Budget], problems: Sequence[Problem],
                 out: Path, critics: dict[str, Any], settings: dict, batch: int = 32, seed: int = 0,
-                progress: bool = True) -> list[dict]:
+                progress: bool = True, rollout_policy=None) -> list[dict]:
     """Search ``problems`` with every method at every budget, appending rows to ``out`` as batches finish
-    (resumed where it stopped); returns the rows of these methods, budgets and problems."""
+    (resumed where it stopped); returns the rows of these methods, budgets and problems. ``rollout_policy``:
+    the model every method's leaf rollouts come from (None: the policy itself)."""
     from tqdm import tqdm
 
     from .evaluate import resume_rows, result_row
@@ -131,7 +132,7 @@ def run_compare(task: Task, policy, methods: Sequence[MethodSpec], budgets: Sequ
             todo = [p for p in problems if (m.label, b.amount, p.id) not in done]
             if not todo:
                 continue
-            env = SearchEnv(policy, task, critics.get(m.critic), budget=b)
+            env = SearchEnv(policy, task, critics.get(m.critic), budget=b, rollout_policy=rollout_policy)
             env.seed(seed + len(problems) - len(todo))
             run = get_method(m.name).run
             bar = tqdm(total=len(problems), initial=len(problems) - len(todo), desc=f"{m.label} @ {b.amount:g}",

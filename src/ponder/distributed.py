@@ -40,6 +40,7 @@ class WorkerSpec:
     free_text: bool = False
     budget: Any = None  # a compute.Budget: what each problem may spend
     task_options: dict[str, Any] = field(default_factory=dict)  # the task's knobs (``Task.options``)
+    rollout_model: str | None = None  # the model leaf rollouts come from (None: the policy itself)
 
     @property
     def task_key(self) -> tuple:
@@ -80,7 +81,7 @@ class _Worker:
 
             torch.set_num_threads(threads)
         self.spec: WorkerSpec | None = None
-        self.policy = self.critic = None
+        self.policy = self.critic = self.rollout_policy = None
         self.load_seconds = 0.0
         self.load(spec)
 
@@ -100,6 +101,12 @@ class _Worker:
             self.policy = load_policy(spec.model, device=spec.device, dtype=spec.dtype, seed=spec.seed)
         if new_policy or old.critic != spec.critic or old.task_key != spec.task_key:
             self.critic = get_critic(spec.critic, self.task, self.policy) if spec.critic else None
+        if old is None or (old.rollout_model, old.device, old.dtype) != (spec.rollout_model, spec.device, spec.dtype):
+            from .models import load_rollout_policy
+
+            self.rollout_policy = None
+            self.rollout_policy = load_rollout_policy(spec.rollout_model, spec.device, spec.dtype, spec.seed) \
+                if spec.rollout_model else None
         self.spec = spec
         seconds = time.perf_counter() - t0
         self.load_seconds += seconds
@@ -118,7 +125,9 @@ class _Worker:
         t0 = time.perf_counter()
         if hasattr(self.policy, "seed"):
             self.policy.seed(seed)
-        env = SearchEnv(self.policy, self.task, self.critic, budget=self.spec.budget)
+        if hasattr(self.rollout_policy, "seed"):
+            self.rollout_policy.seed(seed)
+        env = SearchEnv(self.policy, self.task, self.critic, budget=self.spec.budget, rollout_policy=self.rollout_policy)
         results = get_method(method).run(problems, env, config)
         rows = [result_row(self.task, method, r, save_trees) for r in results]
         return rows, time.perf_counter() - t0

@@ -109,28 +109,31 @@ def run_eval(
     save_trees: bool = False,
     pool=None,
     budget: Budget | None = None,
+    rollout_policy: Policy | None = None,
 ) -> tuple[Summary, list[dict]]:
     """Run ``method`` over ``problems`` in batches; rows are appended to ``out`` as each batch finishes.
 
     ``save_trees`` adds each problem's whole search tree to its row (for ``ponder view`` and analysis).
     ``pool`` (a ``distributed.RayPool``) runs the batches on Ray workers instead, each seeded by its
     position in the run; rows are written as batches finish and returned in problem order. ``budget``:
-    what each problem may spend (the workers take theirs from the pool's ``WorkerSpec``).
+    what each problem may spend (the workers take theirs from the pool's ``WorkerSpec``). ``rollout_policy``:
+    the model leaf rollouts come from (``SearchEnv``; None: the policy itself; the workers load the spec's).
     """
     from tqdm import tqdm
 
     if batch <= 0:
         raise PonderError(f"--batch must be > 0, got {batch}")
     m = get_method(method)
-    env = SearchEnv(policy, task, critic, budget=budget) if pool is None else None
+    env = SearchEnv(policy, task, critic, budget=budget, rollout_policy=rollout_policy) if pool is None else None
     rows: list[dict] = []
     if out is not None:
         out = check_out_file(out)
         rows = resume_rows(out, {"method": method, "config": asdict(config), **(settings or {})})
     done = {r["problem_id"] for r in rows}
     todo = [p for p in problems if p.id not in done]
-    if hasattr(policy, "seed"):
-        policy.seed(seed + len(done))
+    for pol in (policy, rollout_policy):
+        if hasattr(pol, "seed"):
+            pol.seed(seed + len(done))
     t0 = time.time()
     bar = tqdm(total=len(problems), initial=len(problems) - len(todo), desc=method, disable=not progress, dynamic_ncols=True)
     fh = out.open("a") if out is not None else None

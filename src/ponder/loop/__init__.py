@@ -10,6 +10,8 @@ Each iteration i = 1..N:
 4. **train**: the policy by rejection-sampling fine-tuning, then step-level DPO against the
    fine-tuned model; the critics (unlike AlphaLLM's, which stay frozen) by further training on the
    new trees (``retrain_critics=False`` freezes them after iteration 1, as in the paper);
+   with ``--rollout-model distill``, also the fast rollout model that the next iteration's MCTS
+   rolls out with (a smaller tiny model, SFT on the same verified traces);
 5. **evaluate** on the test split: greedy, best-of-N and MCTS at a fixed token budget;
 6. **watch** for collapse on held-out validation problems: sample diversity, per-token entropy and
    validation accuracy; a drop can roll the next iteration back to the best checkpoint.
@@ -114,6 +116,8 @@ def iteration0(imp: Improver) -> None:
                       cfg.bootstrap, out, progress=imp.progress, tracker=imp.tracker.under("bootstrap"))
             run.mark(0, "policy", str(out))
             run.mark(0, "bootstrap", {"seconds": round(time.time() - t0, 1)})
+    if cfg.rollout_model == "distill" and "rollout" not in run.phases(0):
+        run.mark(0, "rollout", learn.bootstrap_rollout(imp))
     evaluate_and_watch(imp, 0)
 
 
@@ -135,6 +139,8 @@ def iteration(imp: Improver, i: int) -> None:
             run.mark(i, "policy", learn.train_policy(imp, i, start))
     if "critics" not in run.phases(i):
         run.mark(i, "critics", learn.train_critics(imp, i))
+    if imp.cfg.rollout_model == "distill" and "rollout" not in run.phases(i):
+        run.mark(i, "rollout", learn.train_rollout(imp, i))
     evaluate_and_watch(imp, i)
 
 
@@ -163,6 +169,8 @@ def record(imp: Improver, i: int) -> None:
         ph = imp.run.phases(i)
         line = {"iteration": i, "policy": ph.get("policy"), "eval": ph.get("eval", {}), "watch": ph.get("watch", {}),
                 "search": ph.get("search"), "data": ph.get("extract"), "critics": ph.get("critics")}
+        if "rollout" in ph:  # --rollout-model distill: the rollout model this iteration's policy searches with
+            line["rollout"] = ph["rollout"]
         train = imp.run.it(i) / "policy-train.json"
         if train.exists():
             line["policy_train"] = json.loads(train.read_text())

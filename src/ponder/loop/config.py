@@ -8,7 +8,7 @@ from typing import Any, Literal
 from ..config import check_literals, check_positive, nested, option
 from ..errors import PonderError
 from ..imagination import IMAGINE_HELP, ImagineConfig, parse_imagine
-from ..models.tiny import TinyConfig
+from ..models.tiny import TinyConfig, fast_tiny
 from ..search.mcts import MCTSConfig
 from ..train.critic import CriticConfig
 from ..train.dpo import DPOConfig
@@ -50,6 +50,12 @@ def _eval_mcts_defaults() -> MCTSConfig:
     tokens per puzzle)."""
     return MCTSConfig(simulations=300, token_budget=2000, k=8, k_max=16, rollouts=1, value_weight=0.5, max_nodes=2048,
                       skip_finished=True, seed=0)
+
+
+def _rollout_sft_defaults() -> SFTConfig:
+    """Distillation of the fast rollout model (--rollout-model distill) each iteration: SFT on the verified
+    traces the policy's SFT reads, mixed with the task's synthetic ones (--sft-mix), from its previous weights."""
+    return SFTConfig(steps=80, lr=1e-3, warmup=10, checkpoint_every=1000)
 
 
 def _critic_defaults() -> CriticConfig:
@@ -133,6 +139,13 @@ class ImproveConfig:
     search: MCTSConfig = nested(_search_defaults)
     eval_mcts: MCTSConfig = nested(_eval_mcts_defaults)
     watch: WatchConfig = nested(WatchConfig)
+    rollout_model: str | None = option(
+        None, "leaf rollouts of every MCTS (search and evaluation) from this cheaper model: a model folder, .gguf, "
+        "smollm2 or a server; or 'distill': a small tiny model (shape: rollout_tiny) bootstrapped like the policy at "
+        "iteration 0, then trained each iteration by SFT (rollout_sft) on the iteration's verified traces and saved "
+        "in iter-I/rollout, which the next iteration's search rolls out with; None = the policy itself")
+    rollout_tiny: TinyConfig = nested(fast_tiny)
+    rollout_sft: SFTConfig = nested(_rollout_sft_defaults)
     imagination: ImagineConfig = nested(ImagineConfig)
 
     def __post_init__(self):
@@ -141,6 +154,8 @@ class ImproveConfig:
         check_positive(self, "iterations", "problems", "search_batch", "eval_n", "eval_batch", "replay", "traces_per_problem")
         check_literals(self)
         parse_imagine(self.imagine)
+        if self.rollout_model is not None and (not isinstance(self.rollout_model, str) or not self.rollout_model.strip()):
+            raise PonderError(f"--rollout-model: expected a model spec or 'distill', got {self.rollout_model!r}")
         if self.lora_r < 0:
             raise PonderError(f"--lora-r must be >= 0, got {self.lora_r}")
         if self.validation < 0:

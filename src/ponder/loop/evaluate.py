@@ -22,11 +22,13 @@ def evaluate(imp: Improver, i: int) -> dict:
         say(f"iteration {i}: evaluate {method} on {len(test)} test problems")
         name = critic_name(critic, imp.task) if critic else None
         settings = {"phase": "eval", "iteration": i, "policy": imp.policy_path(i), "critic": name}
+        rollout = imp.rollout_spec(i) if method == "mcts" and mcfg.rollouts else None  # with distill: iteration i's
+        settings["rollout"] = rollout  # None reads as absent, so older run files still resume
         s, _ = imp.run_eval(imp.policy_path(i), critic, method, mcfg, test, it / f"eval-{method}.jsonl",
-                            cfg.eval_batch, cfg.seed, settings)
+                            cfg.eval_batch, cfg.seed, settings, rollout=rollout)
         results[method] = {"accuracy": s.accuracy, "tokens_generated": s.tokens_generated,
                            "tokens_read": s.tokens_read, "seconds": round(s.seconds, 1), "problems": s.problems,
-                           "critic": name}
+                           "critic": name, **({"rollout": rollout} if rollout else {})}
     return results
 
 

@@ -29,6 +29,10 @@ class Improver:
         self.task = get_task(self.cfg.task, self.cfg.data, self.cfg.free_text, **self.cfg.task_options)
         self.val, self.new_problems = held_out(self.task, self.cfg)
         self.policy_cache: tuple[str, Any] | None = None  # (spec, policy) last loaded; dropped when training changes it
+        self.rollout_cache: tuple[str, Any] | None = None  # (spec, rollout policy) last loaded
+        if self.cfg.rollout_model == "distill" and not self.task.can_bootstrap:
+            raise PonderError(f"--rollout-model distill bootstraps the rollout model on the task's synthetic traces, and "
+                              f"task {self.task.name!r} has none; give a model spec instead")
         self.writer: tuple[str, Any] | None = None  # (spec, model) of --imagine model:SPEC, loaded on first use
         self.ray, self.workers = ray, workers
         self.pool = None  # Ray actors for search and evaluation, started on first use
@@ -53,6 +57,27 @@ class Improver:
             raise PonderError(f"{what} needs a local model, and {spec.split('?')[0]} is a server: a server model serves "
                               "search and evaluation only; start from a model folder (--model DIR), or use ponder eval")
         return self.policy(spec)
+
+    def rollout_policy(self, spec: str):
+        """The rollout model of ``spec``, loaded once (``models.load_rollout_policy``: errors name --rollout-model)."""
+        from ..models import load_rollout_policy
+
+        if self.rollout_cache is None or self.rollout_cache[0] != spec:
+            self.rollout_cache = None
+            self.rollout_cache = (spec, load_rollout_policy(spec, device=self.cfg.device, seed=self.cfg.seed))
+        return self.rollout_cache[1]
+
+    def rollout_spec(self, i: int) -> str | None:
+        """The model whose rollouts a search with iteration i's policy uses: ``--rollout-model`` as given, with
+        ``distill`` the one distilled at iteration i (``iter-I/rollout``; iteration 0's is the bootstrap); None
+        for the policy itself."""
+        spec = self.cfg.rollout_model
+        if spec != "distill":
+            return spec
+        info = self.run.phases(i)
+        if "rollout" not in info:
+            raise PonderError(f"iteration {i} has no distilled rollout model yet")
+        return info["rollout"]
 
     def policy_path(self, i: int) -> str:
         """The policy that iteration i ended with (iteration 0: the starting model)."""
@@ -84,8 +109,9 @@ class Improver:
         return ",".join(terms) or None
 
     def run_eval(self, policy: str, critic: str | None, method: str, config, problems, out: Path | None, batch: int,
-                 seed: int, settings: dict | None = None, save_trees: bool = False):
-        """``run_eval`` with the policy and critic given by spec: loaded here, or by the Ray workers with ``--ray``."""
+                 seed: int, settings: dict | None = None, save_trees: bool = False, rollout: str | None = None):
+        """``run_eval`` with the policy, critic and rollout model (None: the policy) given by spec: loaded here, or
+        by the Ray workers with ``--ray``."""
         from ..critics import get_critic
         from ..evaluate import run_eval
 
@@ -93,16 +119,17 @@ class Improver:
             from ..distributed import RayPool, WorkerSpec
 
             spec = WorkerSpec(self.task.name, self.cfg.data, policy, self.cfg.device, "auto", critic, self.cfg.seed,
-                              self.cfg.free_text, task_options=dict(self.task.options))
+                              self.cfg.free_text, task_options=dict(self.task.options), rollout_model=rollout)
             if self.pool is None:
                 self.pool = RayPool(spec, self.ray, self.workers)
             self.pool.use(spec)
-            pol = crit = None
+            pol = crit = roll = None
         else:
             pol = self.policy(policy)
             crit = get_critic(critic, self.task, pol) if critic else None
+            roll = self.rollout_policy(rollout) if rollout else None
         return run_eval(self.task, pol, method, config, problems, out, crit, batch, seed, settings, self.progress,
-                        save_trees, self.pool)
+                        save_trees, self.pool, rollout_policy=roll)
 
     def critic_kinds(self) -> tuple[str, ...]:
         """The critics trained each iteration: ``--critics``, else value and PRM, and the ORM where the task

@@ -5,7 +5,10 @@ verified traces), by rejection-sampling fine-tuning alone, by SFT then step-leve
 fine-tuned model, or by GRPO on the iteration's training problems (its own samples, not the search's);
 in this process, or in data-parallel ones under ``--train-launcher`` (each runs ``train_policy_phase``;
 GRPO refuses it). The critics (unlike AlphaLLM's, which stay frozen) by further training on the
-new trees (``retrain_critics=False`` freezes them after iteration 1, as in the paper).
+new trees (``retrain_critics=False`` freezes them after iteration 1, as in the paper). With
+``--rollout-model distill``, the fast rollout model (a smaller tiny model, ``rollout_tiny``) by the same
+SFT on the iteration's verified traces (``train_rollout``), after its bootstrap at iteration 0
+(``bootstrap_rollout``).
 """
 
 import json
@@ -53,17 +56,8 @@ def train_policy(imp: Improver, i: int, start: str) -> str:
         return train_expert_policy(imp, i, policy, targets, texts, info)
     if sft:
         with lora_adapters(policy, cfg.lora_r):
-            mix = cfg.sft_mix if imp.task.can_bootstrap else 0.0
-
-            def batch(n: int, step: int) -> list[str]:
-                rng = random.Random(cfg.sft.seed * 1_000_003 + step + 7 * i)
-                k = round(n * mix)
-                extra = imp.task.bootstrap_segments(k, rng.randrange(1 << 30)) if k else []
-                return [rng.choice(texts) for _ in range(n - k)] + extra
-
-            per_step = max(1, cfg.sft.batch_size - round(cfg.sft.batch_size * mix))  # traces per step
-            steps = max(1, min(cfg.sft.steps, math.ceil(cfg.sft_epochs * len(texts) / per_step)))
-            sft_cfg = replace(cfg.sft, steps=steps, warmup=min(cfg.sft.warmup, max(1, steps // 5)))
+            batch, sft_cfg = sft_recipe(imp, i, texts, cfg.sft)
+            steps = sft_cfg.steps
             say(f"iteration {i}: SFT on {len(texts)} verified traces ({steps} steps)")
             t0 = time.time()
             try:
@@ -105,6 +99,77 @@ def train_policy(imp: Improver, i: int, start: str) -> str:
         save_checkpoint(policy.model, policy.tokenizer, it / "policy")
         write_text(it / "policy-train.json", json.dumps(info, indent=2))
     return str(it / "policy")
+
+
+def sft_recipe(imp: Improver, i: int, texts: list, scfg):
+    """(batches, config) of iteration i's SFT on ``texts``: each batch mixes the traces with a ``--sft-mix``
+    share of the task's synthetic ones, for at most ``--sft-epochs`` passes over the traces."""
+    cfg = imp.cfg
+    mix = cfg.sft_mix if imp.task.can_bootstrap else 0.0
+
+    def batch(n: int, step: int) -> list:
+        rng = random.Random(scfg.seed * 1_000_003 + step + 7 * i)
+        k = round(n * mix)
+        extra = imp.task.bootstrap_segments(k, rng.randrange(1 << 30)) if k else []
+        return [rng.choice(texts) for _ in range(n - k)] + extra
+
+    per_step = max(1, scfg.batch_size - round(scfg.batch_size * mix))  # traces per step
+    steps = max(1, min(scfg.steps, math.ceil(cfg.sft_epochs * len(texts) / per_step)))
+    return batch, replace(scfg, steps=steps, warmup=min(scfg.warmup, max(1, steps // 5)))
+
+
+def bootstrap_rollout(imp: Improver) -> str:
+    """Iteration 0's fast rollout model (``--rollout-model distill``): a fresh tiny model of shape ``rollout_tiny``
+    trained like the policy's bootstrap (``bootstrap`` options) on the task's synthetic traces; saved in
+    ``iter-0/rollout``, returns its path."""
+    from ..models.tiny import tiny_model
+    from ..train import train_sft
+
+    cfg = imp.cfg
+    out = imp.run.it(0) / "rollout"
+    model, tok = tiny_model(cfg.rollout_tiny, seed=cfg.seed + 1, device=cfg.device)
+    n = sum(p.numel() for p in model.parameters())
+    say(f"bootstrap: the fast rollout model ({n / 1e6:.2f}M parameters) on {cfg.bootstrap.steps} x "
+        f"{cfg.bootstrap.batch_size} random legal traces")
+    seed = cfg.bootstrap.seed
+    train_sft(model, tok, lambda k, step: imp.task.bootstrap_segments(k, seed * 1_000_003 + step), cfg.bootstrap, out,
+              progress=imp.progress, tracker=imp.tracker.under("rollout-bootstrap"))
+    return str(out)
+
+
+def train_rollout(imp: Improver, i: int) -> str:
+    """Iteration i's fast rollout model (``--rollout-model distill``): iteration i-1's, trained on by SFT
+    (``rollout_sft``) on the verified traces the policy's SFT read (``iter-I/data/sft.jsonl``), mixed with the
+    task's synthetic traces as the policy's are; saved in ``iter-I/rollout`` (the next iteration's search rolls
+    out with it) and its path returned. Without a verified trace it stays iteration i-1's."""
+    from ..models import load_policy
+    from ..models.hf import render_prompt
+    from ..train import train_sft
+
+    cfg, it = imp.cfg, imp.run.it(i)
+    prev = imp.rollout_spec(i - 1)
+    sft = read_rows(it / "data" / "sft.jsonl")
+    if not sft:
+        say(f"iteration {i}: no verified trace to distill; the rollout model stays {prev}")
+        return prev
+    model = load_policy(prev, device=cfg.device, seed=cfg.seed)
+    texts = [imp.task.segments(render_prompt(model.tokenizer, imp.task, Problem.from_dict(r["problem"])), r["steps"])
+             for r in sft]
+    batch, rcfg = sft_recipe(imp, i, texts, cfg.rollout_sft)
+    say(f"iteration {i}: distill the fast rollout model on {len(texts)} verified traces ({rcfg.steps} steps)")
+    t0 = time.time()
+    try:
+        losses = train_sft(model.model, model.tokenizer, batch, rcfg, it / "rollout", progress=imp.progress,
+                           tracker=imp.tracker.under(f"rollout/iter-{i}"))
+    except PonderError as e:  # a NaN loss: the rollout model stays the one the iteration searched with
+        say(f"iteration {i}: {e}; the rollout model stays {prev}")
+        shutil.rmtree(it / "rollout", ignore_errors=True)
+        return prev
+    write_text(it / "rollout-train.json", json.dumps({"from": prev, "traces": len(texts), "steps": rcfg.steps,
+                                                      "loss_first": losses[0], "loss_last": losses[-1],
+                                                      "seconds": round(time.time() - t0, 1)}, indent=2))
+    imp.rollout_cache = None
+    return str(it / "rollout")
 
 
 def training_start(imp: Improver, start: str) -> tuple[Any, dict[str, Any]]:

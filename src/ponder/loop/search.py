@@ -1,6 +1,8 @@
 """Phase 2, **search**: MCTS over the iteration's training problems with the policy it starts from,
 guided by the previous iteration's critics (iteration 1 has none yet and values leaves by
-verifier-scored rollouts alone). Every tree goes to ``iter-I/search.jsonl`` as its batch finishes."""
+verifier-scored rollouts alone). Leaf rollouts come from ``--rollout-model`` where it is given (with
+``distill``, the model distilled at iteration i-1). Every tree goes to ``iter-I/search.jsonl`` as its
+batch finishes."""
 
 import time
 from dataclasses import replace
@@ -18,10 +20,16 @@ def search(imp: Improver, i: int, start: str) -> dict:
     guide = imp.guide(i - 1)
     name = critic_name(guide, imp.task) if guide else None
     scfg = cfg.search if guide is not None else replace(cfg.search, value_weight=0.0)
+    rollout = imp.rollout_spec(i - 1)
     say(f"iteration {i}: MCTS over {len(problems)} training problems "
-        f"({'guided by ' + name if guide else 'rollouts only: no critics yet'})")
+        f"({'guided by ' + name if guide else 'rollouts only: no critics yet'}"
+        f"{', rolling out with ' + rollout if rollout else ''})")
     t0 = time.time()
+    settings = {"phase": "search", "iteration": i, "policy": start, "rollout": rollout}  # None reads as absent
     s, _ = imp.run_eval(start, guide, "mcts", scfg, problems, it / "search.jsonl", cfg.search_batch, cfg.seed + i,
-                        {"phase": "search", "iteration": i, "policy": start}, save_trees=True)
-    return {"solved": s.accuracy, "tokens_generated": s.tokens_generated, "seconds": round(time.time() - t0, 1),
-            "guide": name}
+                        settings, save_trees=True, rollout=rollout)
+    out = {"solved": s.accuracy, "tokens_generated": s.tokens_generated, "seconds": round(time.time() - t0, 1),
+           "guide": name}
+    if rollout:
+        out.update(rollout=rollout, flops=s.flops)
+    return out

@@ -45,6 +45,16 @@ class TinyConfig:
     max_positions: int = option(256, "longest sequence (prompt + trace) in tokens")
 
 
+def fast_tiny() -> TinyConfig:
+    """The fast rollout model's shape (preset "fast"): 2 blocks of width 64 (about 0.11M parameters, 1/7.6 of the
+    default's forward FLOPs per token), distilled from the policy by ``ponder improve --rollout-model distill``."""
+    return TinyConfig(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=192)
+
+
+#: named shapes of the tiny model: the policy's default and the fast rollout model's
+TINY_PRESETS = {"default": TinyConfig, "fast": fast_tiny}
+
+
 def tiny_model(cfg: TinyConfig | None = None, seed: int = 0, device: str | None = None):
     """A freshly initialised ``(LlamaForCausalLM, tokenizer)`` pair on ``device`` (default: cuda if available)."""
     import torch

@@ -8,7 +8,8 @@ scoring call (critic or rollouts), never one call per node or per problem.
 A node's rank is (value, mean log-prob per token of its trace), the value being the critic's score
 (any critic: value head, PRM, ORM, judge, implicit reward, or the task's verifier, which scores every
 unfinished state 0): ties in value go to the trace the policy finds likelier, and ``scorer="rollout"``
-values a state by how often fast rollouts from it are verified correct.
+values a state by how often fast rollouts from it are verified correct (rollouts from the env's rollout
+policy where it has one, else the search policy).
 """
 
 from __future__ import annotations
@@ -157,7 +158,7 @@ class Forest:
         unfinished = [(t, n) for t, n in items if not n.terminal]
         states = [t.state(n) for t, n in unfinished]
         cfg = self.cfg
-        traces = iter(self.env.rollout(states, cfg.rollouts, cfg.temperature, cfg.top_p) if states else [])
+        traces = iter(self.env.rollout(states, cfg.rollouts, cfg.temperature, cfg.top_p, leaf=True) if states else [])
         values = []
         for tree, node in items:
             if node.terminal:
@@ -182,6 +183,8 @@ class Forest:
             node = node if node is not None else self.final(t)
             steps = tuple(node.steps())
             info = {"expanded": t.expanded, "score": self.value(node), **t.info}
+            if getattr(self.env, "rollout_policy", None) is not None:  # the rollout policy's share of the compute
+                info["rollout_compute"] = self.env.rollout_compute(t.problem).to_dict()
             compute = self.env.take_compute(t.problem)
             out.append(SearchResult(t.problem, self.env.task.answer(t.problem, steps), steps, t.root, compute, info))
         return out

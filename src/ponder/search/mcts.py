@@ -16,7 +16,8 @@ every still-running tree of the batch, and each phase makes at most one model ca
    the exact priors over every legal action where the task lists them, else sampled; siblings that are
    the same step after normalising the text are merged, since they lead to the same state;
 3. **evaluate** (one ``rollout`` call, one critic call): a new non-terminal child s' gets AlphaLLM's
-   mix of a value estimate and fast-rollout outcomes::
+   mix of a value estimate and fast-rollout outcomes (from the env's rollout policy where it has one,
+   a smaller model, else the search policy)::
 
        v(s') = lambda * critic(s') + (1 - lambda) * mean_i R(rollout_i(s'))
 
@@ -225,7 +226,8 @@ def evaluate(batch: Sequence[tuple[_Search, Node]], env: SearchEnv, cfg: MCTSCon
     states = [s.state(n) for s, n in batch]
     outcome = [0.0] * len(batch)
     if cfg.rollouts:
-        for i, ((s, node), traces) in enumerate(zip(batch, env.rollout(states, cfg.rollouts, cfg.temperature, fast=cfg.fast_rollouts))):
+        rolled = env.rollout(states, cfg.rollouts, cfg.temperature, fast=cfg.fast_rollouts, leaf=True)
+        for i, ((s, node), traces) in enumerate(zip(batch, rolled)):
             rewards = [env.reward(s.problem, t) for t in traces]
             outcome[i] = node.scores["rollout"] = sum(rewards) / len(rewards)
             best = max(range(len(traces)), key=rewards.__getitem__)
@@ -337,6 +339,8 @@ def mcts(problems: Sequence[Problem], env: SearchEnv, cfg: MCTSConfig, score: Sc
             "source": source,
             "verified_found": s.verified is not None,
         }
+        if getattr(env, "rollout_policy", None) is not None:  # what the rollout policy spent, within the compute
+            info["rollout_compute"] = env.rollout_compute(s.problem).to_dict()
         answer = env.task.answer(s.problem, steps)
         out.append(SearchResult(s.problem, answer, steps, s.root, env.take_compute(s.problem), info))
     return out
