@@ -105,10 +105,11 @@ def test_format_filter():
     assert "numbers" in format_verdict("Lena reads some pages of her novel every evening. How long will it take her?", task, cfg)
     assert parse_written("**Problem 5:** " + DIFFERENT + "\n\nSolution: 12 evenings") == DIFFERENT
     assert parse_written("Here is a new problem:\n\nProblem 5:\n" + DIFFERENT + "\n\nProblem 6: " + OTHER) == DIFFERENT
+    assert parse_written("What a fun game! Here are new problems.\n\nProblem 1: " + DIFFERENT) == DIFFERENT
 
 
 def test_pseudo_reference_is_the_majority_answer():
-    v = vote(["12", "7", "12", None])
+    v = vote(["7", "12", None, "12"])
     assert (v.answer, v.share, v.tie) == ("12", 0.5, False)
     assert vote(["4", "5", "5", "4"]).answer is None and vote(["4", "5", "5", "4"]).tie
     assert vote([None, None]).answer is None
@@ -120,7 +121,7 @@ def test_write_problems_keeps_the_majority_and_rejects_below_agreement(tmp_path)
     ov = Overlap(3)
     ov.add("test:t0", TEST_Q)
     model = Scripted([DIFFERENT, NUMBERS_CHANGED, THIRD + " Then he finds $2.", "No question here, only text about 5."],
-                     {DIFFERENT: ["12", "12", "9", "12"], THIRD + " Then he finds $2.": ["44", "3", None, "7"]})
+                     {DIFFERENT: ["9", "12", "12", "12"], THIRD + " Then he finds $2.": ["44", "3", None, "7"]})
     cfg = ImagineConfig(batch=4, shots=2, solutions=4, min_agreement=0.5)
     out = tmp_path / "imagined.jsonl"
     w = write_problems(model, model, task, cfg, want=4, seeds=seeds, overlap=ov, out=out, limit=4)

@@ -115,14 +115,16 @@ _NUMBER = re.compile(r"\d[\d,]*(?:\.\d+)?")
 
 
 def parse_written(text: str) -> str:
-    """The problem in a writer's output: its first paragraph (blank lines apart) that asks something, after
+    """The problem in a writer's output: its first paragraph (blank lines apart) with a question mark (else
+    the first that asks something: find, what ...), after
     any label (``Problem 5:``, ``**New problem:**``); a chat model's preamble ("Here is a new problem:") and
     what follows the problem (a solution, more problems) are not part of it. With no paragraph asking
     anything, the first one (which the format filter then rejects)."""
     paragraphs = [_LABEL.sub("", p.strip(), count=1).strip().strip("*").strip()
                   for p in re.split(r"\n\s*\n", text.strip())]
     paragraphs = [p for p in paragraphs if p and not p.endswith(":")]
-    return next((p for p in paragraphs if _ASKS.search(p)), paragraphs[0] if paragraphs else "")
+    asking = [p for p in paragraphs if "?" in p] or [p for p in paragraphs if _ASKS.search(p)] or paragraphs
+    return asking[0] if asking else ""
 
 
 def format_verdict(question: str, task: Task, cfg: ImagineConfig) -> str | None:
