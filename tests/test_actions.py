@@ -125,6 +125,32 @@ def test_tree_attention_scores_each_continuation_as_if_alone():
             assert g.tolist() == pytest.approx(want, abs=1e-4)
 
 
+def test_tree_attention_fast_pass_matches_transformers_values_and_gradients(monkeypatch):
+    from ponder.models import branches
+
+    model, tok = small_tiny_model(seed=4)
+    prefixes = [tok("4 5 6 10\n")["input_ids"], tok("1 2\n")["input_ids"]]
+    conts = [[tok(a, add_special_tokens=False)["input_ids"] for a in ("4 + 5 =", "10 - 6 =")],
+             [tok("1 + 2 =", add_special_tokens=False)["input_ids"]]]
+    calls = []
+    real = branches.fast_llama.FastLlama.logits
+    monkeypatch.setattr(branches.fast_llama.FastLlama, "logits", lambda self, *a: calls.append(1) or real(self, *a))
+
+    def run():
+        model.zero_grad()
+        out = branch_logprobs(model, prefixes, conts, tok.pad_token_id)
+        torch.cat(out).sum().backward()
+        return torch.cat(out).detach(), model.model.layers[0].self_attn.q_proj.weight.grad.clone()
+
+    fast_lp, fast_grad = run()
+    assert calls == [1]  # the fast pass ran
+    monkeypatch.setattr(branches.fast_llama, "supports", lambda m: False)
+    slow_lp, slow_grad = run()
+    assert calls == [1]  # and now transformers' did
+    assert torch.allclose(fast_lp, slow_lp, atol=1e-5)
+    assert fast_grad.abs().sum() > 0 and torch.allclose(fast_grad, slow_grad, atol=1e-5)
+
+
 def test_gumbel_top_k_draws_distinct_actions_with_the_right_inclusion_probabilities():
     logits = [math.log(p) for p in (0.5, 0.3, 0.15, 0.05)]
     p = softmax(logits)

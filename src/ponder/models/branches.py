@@ -16,52 +16,56 @@ from typing import Sequence
 
 import torch
 
+from . import fast_llama
+
 
 def pack(prefixes: Sequence[Sequence[int]], conts: Sequence[Sequence[Sequence[int]]], pad: int):
     """Rows of prefix + all its continuations, right-padded.
 
-    Returns ids (B, T), positions (B, T), mask (B, 1, T, T) additive float, prev (B, T) the position
-    whose logits predict each token (0 where the token is not scored), and owner (B, T): the index of
-    the continuation a token belongs to within its row, -1 for the prefix and padding.
+    Returns ids (B, T), positions (B, T), allowed (B, 1, T, T) boolean (True where a query may attend to a
+    key), prev (B, T) the position whose logits predict each token (0 where the token is not scored), and
+    owner (B, T): the index of the continuation a token belongs to within its row, -1 for the prefix and
+    padding.
     """
     T = max(len(p) + sum(len(c) for c in cs) for p, cs in zip(prefixes, conts))
     B = len(prefixes)
     ids = torch.full((B, T), pad, dtype=torch.long)
     pos = torch.zeros((B, T), dtype=torch.long)
     prev = torch.zeros((B, T), dtype=torch.long)
-    owner = torch.full((B, T), -1, dtype=torch.long)
     group = torch.full((B, T), -2, dtype=torch.long)  # -1: prefix; j: continuation j; -2: padding
     for b, (p, cs) in enumerate(zip(prefixes, conts)):
         n = len(p)
-        ids[b, :n] = torch.tensor(list(p), dtype=torch.long)
-        pos[b, :n] = torch.arange(n)
-        group[b, :n] = -1
-        at = n
+        row_ids, row_pos, row_prev, row_group = list(p), list(range(n)), [0] * n, [-1] * n
         for j, c in enumerate(cs):
-            m = len(c)
-            ids[b, at : at + m] = torch.tensor(list(c), dtype=torch.long)
-            pos[b, at : at + m] = torch.arange(n, n + m)
-            prev[b, at : at + m] = torch.tensor([n - 1] + list(range(at, at + m - 1)), dtype=torch.long)
-            owner[b, at : at + m] = j
-            group[b, at : at + m] = j
-            at += m
-    causal = torch.tril(torch.ones((T, T), dtype=torch.bool))
+            at, m = len(row_ids), len(c)
+            row_ids += c
+            row_pos += range(n, n + m)
+            row_prev += [n - 1, *range(at, at + m - 1)]
+            row_group += [j] * m
+        L = len(row_ids)
+        ids[b, :L], pos[b, :L] = torch.tensor(row_ids), torch.tensor(row_pos)
+        prev[b, :L], group[b, :L] = torch.tensor(row_prev), torch.tensor(row_group)
+    causal = torch.ones((T, T), dtype=torch.bool).tril()
     g_q, g_k = group[:, :, None], group[:, None, :]  # (B, T, 1), (B, 1, T)
     allowed = causal & ((g_k == -1) | (g_k == g_q)) & (g_q != -2)
     allowed |= torch.eye(T, dtype=torch.bool)  # padding attends to itself, so no row of the mask is empty
-    mask = torch.zeros((B, 1, T, T))
-    mask.masked_fill_(~allowed[:, None], torch.finfo(torch.float32).min)
-    return ids, pos, mask, prev, owner
+    return ids, pos, allowed[:, None], prev, group.clamp(min=-1)
 
 
 def branch_logprobs(model, prefixes: Sequence[Sequence[int]], conts: Sequence[Sequence[Sequence[int]]],
                     pad: int) -> list[torch.Tensor]:
     """log pi(c | prefix) summed over each continuation's tokens, differentiable: one tensor (n_i,) per
-    prefix i, in the order of ``conts[i]``. One forward pass for the whole batch."""
+    prefix i, in the order of ``conts[i]``. One forward pass for the whole batch: ``fast_llama``'s where
+    it runs the model exactly (the same arithmetic without transformers' per-call overhead: about 3x
+    faster for the tiny model), else transformers' with the mask made additive."""
     device = model.device
-    ids, pos, mask, prev, owner = (t.to(device) for t in pack(prefixes, conts, pad))
-    mask = mask.to(next(model.parameters()).dtype)
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits  # (B, T, V)
+    ids, pos, allowed, prev, owner = (t.to(device) for t in pack(prefixes, conts, pad))
+    if fast_llama.supports(model) and not (model.training and model.config.attention_dropout):
+        logits = fast_llama.FastLlama(model).logits(ids, pos, allowed)  # (B, T, V)
+    else:
+        dtype = next(model.parameters()).dtype
+        mask = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(~allowed, torch.finfo(dtype).min)
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits
     B, T, V = logits.shape
     rows = (torch.arange(B, device=device)[:, None] * T + prev).flatten()  # (B*T,) the predicting position
     flat = logits.flatten(0, 1).float()  # (B*T, V)

@@ -1,4 +1,5 @@
-"""A hand-written forward pass over a loaded ``LlamaForCausalLM``, for the step sampler's decode loop.
+"""A hand-written forward pass over a loaded ``LlamaForCausalLM``, for the step sampler's decode loop
+and for tree attention's scoring and training pass (``FastLlama.logits``).
 
 Why: with small models (the tiny from-scratch model, SmolLM2-135M) a decode step through
 transformers costs more in per-call overhead (mask building, module dispatch, ``DynamicCache``
@@ -178,9 +179,16 @@ class FastLlama:
         self.flat, self.spare = (self.k.view(-1), self.v.view(-1)), None
         self.valid = torch.cat([self.valid, torch.zeros_like(self.valid)], dim=1)
 
-    def _forward(self, ids: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def logits(self, ids: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Logits (N, T, V) of whole rows read at once, each query attending where mask (N, 1, T, T) is
+        True, with no cache: tree attention's scoring and training pass (``branches``), differentiable."""
+        self.t = 0
+        return F.linear(self._forward(ids, pos, mask, cache=False), self.lm_head)
+
+    def _forward(self, ids: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor, cache: bool = True) -> torch.Tensor:
         """Run ids (N, T) at positions pos (N, T) whose keys go to cache columns t..t+T-1, attending
-        to columns 0..t+T-1 where mask (N, 1, T, t+T) is True. Returns the normed hidden (N, T, H)."""
+        to columns 0..t+T-1 where mask (N, 1, T, t+T) is True (``cache`` False: to the T new keys only,
+        nothing stored). Returns the normed hidden (N, T, H)."""
         N, T = ids.shape
         S, G, D = self.t + T, self.groups, self.head_dim
         freqs = pos[..., None].float() * self.inv_freq  # (N, T, D/2)
@@ -198,11 +206,11 @@ class FastLlama:
             v = F.linear(h, wv).view(N, T, -1, D).transpose(1, 2)  # (N, KV, T, D)
             q = (q * cos + rotate_half(q) * sin).reshape(N, -1, G * T, D)  # (N, KV, G*T, D)
             k = (k * cos + rotate_half(k) * sin)[:, :, 0]  # (N, KV, T, D)
-            self.k[i, :, :, self.t : S] = k
-            self.v[i, :, :, self.t : S] = v
-            a = F.scaled_dot_product_attention(
-                q, self.k[i, :, :, :S], self.v[i, :, :, :S], attn_mask=mask, scale=self.scale
-            )  # (N, KV, G*T, D)
+            if cache:
+                self.k[i, :, :, self.t : S] = k
+                self.v[i, :, :, self.t : S] = v
+                k, v = self.k[i, :, :, :S], self.v[i, :, :, :S]
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)  # (N, KV, G*T, D)
             a = a.view(N, -1, G, T, D).permute(0, 3, 1, 2, 4).reshape(N, T, -1)  # (N, T, KV*G*D)
             x = x + F.linear(a, wo)
             h = rms_norm(x, ln2, self.eps)

@@ -95,6 +95,7 @@ class HFPolicy:
         eos = eos if isinstance(eos, list) else [eos if eos is not None else tokenizer.eos_token_id]
         self.eos_ids = [e for e in eos if e is not None]
         self._rules: dict[tuple[str, ...], StopRule] = {}
+        self._cont_ids: dict[str, list[int]] = {}  # continuation text -> its token ids (``score``)
         self.flops_per_token = flops_per_token(model)  # forward FLOPs per token read or generated
 
     def seed(self, seed: int) -> None:
@@ -122,6 +123,16 @@ class HFPolicy:
             flops_per_token=self.flops_per_token,
         )
 
+    def _continuation_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each continuation tokenized on its own, as steps are in training; remembered, since
+        a search scores the same few actions at thousands of states (a Game of 24 run has a few hundred)."""
+        new = [t for t in dict.fromkeys(texts) if t not in self._cont_ids]
+        if new:
+            if len(self._cont_ids) > 200_000:
+                self._cont_ids.clear()
+            self._cont_ids.update(zip(new, self.tokenizer(new, add_special_tokens=False)["input_ids"]))
+        return [self._cont_ids[t] for t in texts]
+
     @torch.inference_mode()
     def score(self, prefixes: Sequence[str], continuations: Sequence[Sequence[str]], tokens_per_call: int = 32768) -> Scores:
         """log pi(c | prefix) summed over c's tokens, for every continuation of every prefix: each prefix
@@ -130,7 +141,7 @@ class HFPolicy:
         tokenized on its own, as steps are in training."""
         t0 = time.perf_counter()
         heads = self.encode(prefixes)
-        conts = [[self.tokenizer(c, add_special_tokens=False)["input_ids"] for c in cs] for cs in continuations]
+        conts = [self._continuation_ids(cs) for cs in continuations]
         sizes = [len(h) + sum(map(len, cs)) for h, cs in zip(heads, conts)]
         lps: list[list[float]] = [[] for _ in prefixes]
         calls, batch = 0, []
