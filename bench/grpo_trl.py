@@ -80,6 +80,9 @@ def make_rollout(task, problems: dict[str, Problem], cfg: GRPOConfig, counts: di
                 r["ids"] += obs
                 r["mask"] += [0] * len(obs)
                 r["steps"].append(step)
+        for r in rows:
+            if not r["ids"]:  # the model ended at once: its end of sequence is the completion (TRL needs one token)
+                r["ids"], r["mask"] = [tok.eos_token_id], [1]
         return {"prompt_ids": heads, "completion_ids": [r["ids"] for r in rows],
                 # TRL reads sampling log-probs only for vLLM's importance-sampling correction, off here
                 "logprobs": [[0.0] * len(r["ids"]) for r in rows],

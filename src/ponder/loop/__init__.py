@@ -4,7 +4,8 @@ Each iteration i = 1..N:
 
 1. **imagine**: new training problems (never a test problem, never a validation one);
 2. **search**: MCTS over them with the current policy, guided by the critics of iteration i-1
-   (iteration 1 has none yet and values leaves by verifier-scored rollouts alone);
+   (iteration 1 has none yet and values leaves by verifier-scored rollouts alone); or, with
+   ``--search-method best-of-n``, N whole traces sampled per problem and no tree search (STaR);
 3. **extract**: verified traces (SFT), sibling step pairs (DPO), per-step targets (value, PRM, ORM)
    from the trees of the last ``replay`` iterations (verified traces from every iteration so far);
 4. **train**: the policy by rejection-sampling fine-tuning, then step-level DPO against the
@@ -39,16 +40,16 @@ from ..errors import PonderError
 from ..io import write_text
 from ..tracking import get_tracker, require
 from . import evaluate, extract, imagine, learn, search, watch
-from .config import CRITIC_KINDS, ImproveConfig, PolicyUpdate, TrainFrom, WatchConfig, guide_terms, seeded
+from .config import CRITIC_KINDS, ImproveConfig, PolicyUpdate, SearchMethod, TrainFrom, WatchConfig, guide_terms, seeded
 from .imagine import held_out
 from .improver import Improver
 from .learn import train_policy_phase
 from .run import LOCK, Run, open_run, problem_rows, say, soak_pause
 
 __all__ = [
-    "CRITIC_KINDS", "LOCK", "ImproveConfig", "Improver", "PolicyUpdate", "Run", "TrainFrom", "WatchConfig",
-    "evaluate_and_watch", "guide_terms", "held_out", "improve", "iteration", "iteration0", "open_run", "problem_rows",
-    "record", "run_all", "say", "seeded", "train_policy_phase",
+    "CRITIC_KINDS", "LOCK", "ImproveConfig", "Improver", "PolicyUpdate", "Run", "SearchMethod", "TrainFrom",
+    "WatchConfig", "bootstrap", "evaluate_and_watch", "guide_terms", "held_out", "improve", "iteration", "iteration0",
+    "open_run", "problem_rows", "record", "run_all", "say", "seeded", "train_policy_phase",
 ]
 
 
@@ -104,21 +105,32 @@ def iteration0(imp: Improver) -> None:
         if cfg.model:
             run.mark(0, "policy", cfg.model)
         else:
-            from ..models.tiny import tiny_model
-            from ..train import train_sft
-
-            out = run.it(0) / "policy"
-            say(f"bootstrap: the tiny model from scratch on {cfg.bootstrap.steps} x {cfg.bootstrap.batch_size} random legal traces")
-            model, tok = tiny_model(cfg.tiny, seed=cfg.seed, device=cfg.device)
-            t0 = time.time()
-            seed = cfg.bootstrap.seed
-            train_sft(model, tok, lambda n, step: imp.task.bootstrap_segments(n, seed * 1_000_003 + step),
-                      cfg.bootstrap, out, progress=imp.progress, tracker=imp.tracker.under("bootstrap"))
-            run.mark(0, "policy", str(out))
-            run.mark(0, "bootstrap", {"seconds": round(time.time() - t0, 1)})
+            bootstrap(imp)
     if cfg.rollout_model == "distill" and "rollout" not in run.phases(0):
         run.mark(0, "rollout", learn.bootstrap_rollout(imp))
     evaluate_and_watch(imp, 0)
+
+
+def bootstrap(imp: Improver) -> str:
+    """The tiny model trained from scratch on the task's random legal traces (``tiny``, ``bootstrap`` options),
+    saved in ``iter-0/policy`` and marked as iteration 0's policy (with its seconds); returns its path. A
+    policy already marked is kept (a resumed run, or ``bench/improve_vs_grpo.py``'s shared bootstrap)."""
+    from ..models.tiny import tiny_model
+    from ..train import train_sft
+
+    run, cfg = imp.run, imp.cfg
+    if "policy" in run.phases(0):
+        return run.phases(0)["policy"]
+    out = run.it(0) / "policy"
+    say(f"bootstrap: the tiny model from scratch on {cfg.bootstrap.steps} x {cfg.bootstrap.batch_size} random legal traces")
+    model, tok = tiny_model(cfg.tiny, seed=cfg.seed, device=cfg.device)
+    t0 = time.time()
+    seed = cfg.bootstrap.seed
+    train_sft(model, tok, lambda n, step: imp.task.bootstrap_segments(n, seed * 1_000_003 + step),
+              cfg.bootstrap, out, progress=imp.progress, tracker=imp.tracker.under("bootstrap"))
+    run.mark(0, "policy", str(out))
+    run.mark(0, "bootstrap", {"seconds": round(time.time() - t0, 1)})
+    return str(out)
 
 
 def iteration(imp: Improver, i: int) -> None:

@@ -18,6 +18,7 @@ from ..train.sft import SFTConfig
 from ..tracking import HELP as REPORT_TO_HELP, ReportTo
 
 PolicyUpdate = Literal["expert", "sft", "sft+dpo", "grpo", "none"]
+SearchMethod = Literal["mcts", "best-of-n"]
 TrainFrom = Literal["previous", "initial"]
 CRITIC_KINDS = ("value", "prm", "orm")
 
@@ -97,6 +98,14 @@ class ImproveConfig:
     free_text: bool = option(
         False, "the model writes every step whole; off: where the task can, the model writes the action and the task "
         "its observation, and every search scores all legal actions (Game of 24; with it, give the bootstrap --set bootstrap.steps=900 to learn the arithmetic too)")
+    search_method: SearchMethod = option(
+        "mcts", "how the search phase looks for solutions of the training problems: mcts (tree search guided by the "
+        "critics, the default), or best-of-n (--search-n whole traces sampled per problem, no tree search, ranked by "
+        "the verifier; with --policy-update sft this is STaR's rejection-sampling fine-tuning; the samples form a "
+        "flat tree whose states' Q is the share of their samples that the verifier accepted, which the critics, the "
+        "expert targets and the DPO pairs learn from)")
+    search_n: int | None = option(None, "traces sampled per training problem by --search-method best-of-n "
+                                        "(None = --eval-n); ignored by mcts")
     policy_update: PolicyUpdate = option(
         "expert", "how the policy learns: expert (the search's improved policy at every searched state, plus SFT on "
         "verified traces), sft (verified traces only), sft+dpo (then step-level DPO on sibling pairs), grpo (GRPO on "
@@ -153,6 +162,8 @@ class ImproveConfig:
             raise PonderError(f"task_options: expected a mapping of option: value, got {self.task_options!r}")
         check_positive(self, "iterations", "problems", "search_batch", "eval_n", "eval_batch", "replay", "traces_per_problem")
         check_literals(self)
+        if self.search_n is not None:
+            check_positive(self, "search_n")
         parse_imagine(self.imagine)
         if self.rollout_model is not None and (not isinstance(self.rollout_model, str) or not self.rollout_model.strip()):
             raise PonderError(f"--rollout-model: expected a model spec or 'distill', got {self.rollout_model!r}")

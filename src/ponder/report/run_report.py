@@ -96,6 +96,13 @@ def plot(metrics: Sequence[dict], root: Path) -> list[str]:
     return ["solve_rate.png", "solve_vs_tokens.png"]
 
 
+def search_words(cfg: Any) -> str:
+    """What the search phase of a run with config ``cfg`` was, in words: MCTS, or best-of-N sampling."""
+    if getattr(cfg, "search_method", "mcts") == "best-of-n":
+        return f"best-of-{cfg.search_n or cfg.eval_n} sampling (verified samples, no tree search)"
+    return "MCTS"
+
+
 def write_report(root: Path, metrics: Sequence[dict], cfg: Any) -> Path:
     """Rewrite ``root/report.md`` (atomically) and its plots from the metrics so far."""
     root = Path(root)
@@ -112,7 +119,8 @@ def write_report(root: Path, metrics: Sequence[dict], cfg: Any) -> Path:
     parts = [
         f"# ponder improve: {cfg.task}, {len([m for m in metrics if m['iteration'] > 0])} of {cfg.iterations} iterations",
         "",
-        "Test solve rate per decoding method (mean tokens generated per problem in brackets); search = MCTS over",
+        "Test solve rate per decoding method (mean tokens generated per problem in brackets); search = "
+        f"{search_words(cfg)} over",
         "the iteration's imagined training problems; val = greedy on held-out validation problems (collapse watch).",
         "",
         table(metrics),

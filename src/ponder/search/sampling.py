@@ -37,7 +37,9 @@ class SamplingConfig:
 
 def sample_traces(problems: Sequence[Problem], env: SearchEnv, n: int, temperature: float, top_p: float = 1.0,
                   on_round: Callable[[list[tuple[int, tuple[str, ...]]]], None] | None = None):
-    """n whole traces per problem, each built into the problem's tree with its verifier reward.
+    """n whole traces per problem, each built into the problem's tree with its verifier reward. A state's
+    ``visits`` count the samples through it and its ``q`` is their mean reward, so that training data read a
+    sampled tree as they read a searched one (a state's value, sibling steps' Q).
 
     Returns, per problem, the tree and a list of (leaf node, steps, answer). Under an env budget, at
     most n traces, drawn in rounds (``budgeted_traces``) until each problem has spent its budget.
@@ -57,10 +59,11 @@ def sample_traces(problems: Sequence[Problem], env: SearchEnv, n: int, temperatu
         leaves = []
         for steps in samples:
             leaf = root.add_path(steps)
-            for node in [root, *leaf.path()]:
-                node.visits += 1  # how many samples went through this state
             leaf.terminal = env.task.is_terminal(p, steps)
             leaf.reward = env.task.reward(p, steps) if leaf.terminal else 0.0
+            for node in [root, *leaf.path()]:
+                node.visits += 1  # how many samples went through this state
+                node.value_sum += leaf.reward  # so q = the mean reward of those samples (a Monte-Carlo value)
             leaves.append((leaf, steps, env.task.answer(p, steps)))
         out.append((root, leaves))
     return out
