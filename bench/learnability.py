@@ -73,6 +73,20 @@ class CopiedLeft(Game24):
         return format_step(a, op, b, left)
 
 
+def wide_puzzles(task: Game24, n: int, max_number: int, rng: random.Random) -> list[Problem]:
+    """``n`` distinct puzzles of four numbers 1..``max_number`` that are not test puzzles (``Game24.imagine``
+    with a wider range: more root states than the 1,262 non-test puzzles of 1..13)."""
+    from ponder.tasks.game24 import puzzle_key
+
+    seen, out = set(), []
+    while len(out) < n:
+        nums = puzzle_key(rng.randint(1, max_number) for _ in range(4))
+        if nums not in task.test_keys and nums not in seen:
+            seen.add(nums)
+            out.append(task._problem(nums, f"game24-wide-{'-'.join(map(str, nums))}"))
+    return out
+
+
 def exact_records(task: Game24, problems: list[Problem], per_depth: int, rng: random.Random) -> list[dict]:
     """Policy-target records (``data.policy_targets``' shape) at solvable states, Q = exact solvability."""
     out = []
@@ -192,13 +206,18 @@ def main(argv=None) -> None:
                     help="with --search: a position proven in one tree labels the same numbers left in every other")
     ap.add_argument("--exact-labels", action="store_true",
                     help="with --search: label those same states by exact solvability (what coverage alone allows)")
+    ap.add_argument("--max-number", type=int, default=13,
+                    help="draw the training puzzles' four numbers from 1..N (13: the game's own range; larger gives "
+                         "more root states, never a test or validation puzzle)")
     ap.add_argument("--copied-left", action="store_true",
                     help="observations list the numbers left unsorted, as before (the task now sorts them)")
     args = ap.parse_args(argv)
     task = WholeSteps() if args.score == "step" else CopiedLeft() if args.copied_left else Game24()
     val = task.imagine(100, seed=args.seed * 7919 + 1)  # the loop's validation puzzles (loop.imagine.held_out)
     held = {p.question for p in val}
-    pool = [p for p in task.imagine(args.puzzles + 200, seed=args.seed * 7919 + 2) if p.question not in held]
+    pool = (task.imagine(args.puzzles + 200, seed=args.seed * 7919 + 2) if args.max_number == 13
+            else wide_puzzles(task, args.puzzles + 200, args.max_number, random.Random(args.seed * 7919 + 2)))
+    pool = [p for p in pool if p.question not in held]
     train = [p for p in pool if task.can_reach(p, [])][: args.puzzles]
     if args.learn == "value":
         print(json.dumps({"args": vars(args), "puzzles": len(train), **value_probe(args, task, train, val)}, default=str))
