@@ -293,6 +293,27 @@ def test_policy_targets_only_where_the_verifier_met_a_win_below():
     assert data.met_a_win(root) == {root, kids[0], win, leaf}
 
 
+def test_free_text_targets_are_over_actions_not_the_arithmetic_written_after_them():
+    free = Game24(free_text=True)
+    p = puzzle(2, 22, 1, 1)
+    root = Node()
+    steps = {"22 - 2 = 20 (left: 1 1 20)\n": (3, 0.0), "22 - 2 = 29 (left: 1 1 29)\n": (1, 0.0),
+             "2 + 22 = 24 (left: 1 1 24)\n": (2, 1.0), "2 * 22 = 44 (left: 1 1 44)\n": (2, 0.0)}
+    for step, (n, q) in steps.items():
+        c = root.add(step)
+        c.visits, c.value_sum = n, n * q
+    root.visits, root.value_sum = 8, 2.0
+    root.children[2].add("24 * 1 = 24 (left: 1 24)\n").terminal = True  # a verified win below the root
+    win = root.children[2].children[0]
+    win.reward, win.visits, win.value_sum = 1.0, 1, 1.0
+    [row] = data.policy_targets(p, root, free)
+    # no result or "left" list is a target: scored low, correct arithmetic (2 * 22 = 44) would be unlearned
+    assert row["actions"] == ["22 - 2 =", "2 + 22 =", "2 * 22 ="]
+    assert row["visits"] == [4, 2, 2] and row["q"] == [0.0, 1.0, 0.0]
+    # with observations each child is already one action
+    assert [a for a in data.policy_targets(p, root, TASK)[0]["actions"]] == row["actions"]
+
+
 def test_proven_values_come_from_the_verifier_and_full_expansion_only():
     p = puzzle(1, 1, 1, 1)  # unsolvable; every legal path fails
     root = Node()

@@ -24,6 +24,7 @@ from ponder import lock
 from ponder.cli import main
 from ponder.errors import PonderError
 from ponder.io import read_rows
+from ponder.loop.run import SOAK_PAUSE
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
 PONDER = [sys.executable, "-m", "ponder.cli"]
@@ -154,7 +155,9 @@ def check_finished(run: Path) -> None:
 
 def test_improve_two_processes_on_one_run_folder_then_kill_9_and_resume(tmp_path):
     run = tmp_path / "run"
-    first = subprocess.Popen([*PONDER, "improve", "--out", str(run), *SMALL_RUN], env=ENV,
+    # The first process waits 120 s as its first phase ends (the soak hook), so that it still holds the
+    # folder when the second has started: a tiny run can otherwise finish before a second Python is up.
+    first = subprocess.Popen([*PONDER, "improve", "--out", str(run), *SMALL_RUN], env={**ENV, SOAK_PAUSE: "120"},
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         t0 = time.time()
