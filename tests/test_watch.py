@@ -90,6 +90,20 @@ def test_a_drop_of_exactly_max_drop_does_not_warn(tmp_path, monkeypatch, accurac
     assert bool(out["warnings"]) is warned and ("next_policy" in out) is warned
 
 
+@pytest.mark.parametrize("accuracy, warned", [(0.0, True), (0.01, False), (0.03, False)])
+def test_a_significant_fall_from_a_low_best_warns_though_it_is_below_max_drop(tmp_path, monkeypatch, accuracy, warned):
+    """Free text on Game of 24 fell 6% -> 0% of 100 validation problems (z = 2.5) while max_drop, 0.1, stayed quiet."""
+    imp, _ = improver(tmp_path, monkeypatch, accuracy, ["a\n", "b\n"], history=[0.06])
+    imp.val = [Problem(id=f"v{j}", question=f"q{j}", reference="") for j in range(100)]
+    out = watch(imp, 1)
+    assert bool(out["warnings"]) is warned and ("next_policy" in out) is warned
+    if warned:
+        assert out["warnings"] == ["validation accuracy 0.00 fell 2.5 standard errors below the best 0.06 (of 100 problems)"]
+    imp, _ = improver(tmp_path / "off", monkeypatch, accuracy, ["a\n", "b\n"], history=[0.06], max_z=0)
+    imp.val = [Problem(id=f"v{j}", question=f"q{j}", reference="") for j in range(100)]
+    assert watch(imp, 1)["warnings"] == []
+
+
 def test_without_rollback_a_warning_changes_nothing_next(tmp_path, monkeypatch):
     imp, _ = improver(tmp_path, monkeypatch, 0.1, ["same\n"], history=[0.9], min_diversity=0.3, rollback=False)
     out = watch(imp, 1)
@@ -108,3 +122,10 @@ def test_no_validation_problems_no_watch(tmp_path, monkeypatch):
     imp, policy = improver(tmp_path, monkeypatch, 0.0, ["same\n"], history=[0.9])
     imp.val = []
     assert watch(imp, 1) == {} and policy.calls == []
+
+
+def test_a_negative_max_z_is_a_one_line_error():
+    from ponder.errors import PonderError
+
+    with pytest.raises(PonderError, match="watch.max_z must be >= 0"):
+        WatchConfig(max_z=-1)

@@ -73,10 +73,15 @@ class WatchConfig:
     samples: int = option(8, "traces sampled per validation problem to measure diversity and entropy")
     min_diversity: float = option(0.2, "warn when distinct traces / samples falls below this")
     max_drop: float = option(0.1, "warn when validation accuracy falls this far below the best so far")
+    max_z: float = option(2.0, "also warn when validation accuracy falls below the best so far by this many standard "
+                               "errors of a difference of two proportions (a fall from a low best, 6% -> 0% of 100, "
+                               "that max_drop misses); 0 = off")
     rollback: bool = option(True, "after a warning, start the next iteration from the best checkpoint")
 
     def __post_init__(self):
         check_positive(self, "samples")
+        if self.max_z is None or not self.max_z >= 0:
+            raise PonderError(f"--set watch.max_z must be >= 0 (0 = off), got {self.max_z}")
 
 
 @dataclass

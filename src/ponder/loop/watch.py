@@ -47,6 +47,9 @@ def watch(imp: Improver, i: int) -> dict:
         warnings.append(f"sample diversity {diversity:.2f} < {cfg.watch.min_diversity}")
     if best is not None and g.accuracy < best - cfg.watch.max_drop:
         warnings.append(f"validation accuracy {g.accuracy:.2f} fell more than {cfg.watch.max_drop} below the best {best:.2f}")
+    elif best is not None and cfg.watch.max_z and drop_z(best, g.accuracy, len(imp.val)) >= cfg.watch.max_z:
+        warnings.append(f"validation accuracy {g.accuracy:.2f} fell {drop_z(best, g.accuracy, len(imp.val)):.1f} standard "
+                        f"errors below the best {best:.2f} (of {len(imp.val)} problems)")
     out = {"val_accuracy": g.accuracy, "diversity": round(diversity, 4), "entropy": round(entropy, 4),
            **step_watch(imp, env), "warnings": warnings}
     for w in warnings:
@@ -57,6 +60,15 @@ def watch(imp: Improver, i: int) -> dict:
         out["next_policy"] = imp.policy_path(best_i)
         say(f"collapse watch: iteration {i + 1} starts from iteration {best_i}'s policy")
     return out
+
+
+def drop_z(best: float, now: float, n: int) -> float:
+    """How many standard errors ``now`` lies below ``best``, both shares of the same ``n`` problems: the
+    two-proportion z statistic (best - now) / sqrt(p (1 - p) 2 / n) with p their mean (0 where both are 0 or 1).
+    A low best makes a small absolute fall significant: 6% -> 0% of 100 is z = 2.5."""
+    p = (best + now) / 2
+    se = math.sqrt(p * (1 - p) * 2 / n) if n else 0.0
+    return (best - now) / se if se > 0 else 0.0
 
 
 def step_watch(imp: Improver, env) -> dict:
