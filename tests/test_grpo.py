@@ -238,8 +238,8 @@ def test_grpo_raises_the_reward_and_logs_each_step(tmp_path):
     assert any(r["kl"] > 0 for r in rows[1:])
 
 
-def test_grpo_on_game24_samples_actions_and_the_task_observes(tmp_path):
-    """train_grpo on Game of 24 runs through the sampler with the task's observations. The untrained model never
+def test_written_grpo_on_game24_samples_actions_and_the_task_observes(tmp_path):
+    """train_grpo on Game of 24 with written actions runs through the sampler with the task's observations. The untrained model never
     reaches 24, so an outcome critic that rewards odd-length traces gives the groups different rewards."""
     class OddLength:
         name = "odd-length"
@@ -250,7 +250,7 @@ def test_grpo_on_game24_samples_actions_and_the_task_observes(tmp_path):
     model, tok = small_tiny_model()
     policy = HFPolicy(model, tok, seed=0)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    cfg = GRPOConfig(steps=2, problems_per_step=2, group_size=4, max_step_tokens=8)
+    cfg = GRPOConfig(steps=2, problems_per_step=2, group_size=4, max_step_tokens=8, actions="written")
     out = train_grpo(policy, GAME24, GAME24.problems("train")[:4], cfg, tmp_path / "log.jsonl", progress=False,
                      critic=OddLength())
     rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
@@ -271,3 +271,82 @@ def test_a_critic_that_breaks_its_protocol_is_a_one_line_error():
     with pytest.raises(PonderError, match="non-finite"):
         train_grpo(HFPolicy(model, tok), task, task.problems("train"), GRPOConfig(steps=1, problems_per_step=2, group_size=2),
                    progress=False, critic=Broken())
+
+
+# --- over listed actions --------------------------------------------------------------------------------------
+
+def test_independent_listed_draws_follow_the_policy_over_the_legal_actions():
+    """GRPO's listed draws (``distinct=False``) are i.i.d. from softmax over the legal actions' log-probs, repeats
+    and all; search's (the default) are distinct."""
+    from collections import Counter
+
+    from ponder.search.env import SearchEnv, State
+
+    model, tok = small_tiny_model()
+    env = SearchEnv(HFPolicy(model, tok, seed=0), GAME24)
+    env.seed(0)
+    state = State(GAME24.problems("train")[0])
+    n, temp = 4000, 0.3
+    draws = env._expand(env._main, [state], n, temp, 1.0, distinct=False)[0]
+    assert len(draws) == n
+    prior = {p.text: p.prior for p in draws}  # softmax of the log-probs at temperature 1
+    want = dict(zip(prior, torch.softmax(torch.tensor(list(prior.values())).log() / temp, -1).tolist()))
+    assert max(want.values()) > 2 / len(GAME24.legal_actions(state.problem, ()))  # far from uniform at this temperature
+    seen = Counter(p.text for p in draws)
+    assert max(abs(seen[a] / n - w) for a, w in want.items()) < 0.03
+    distinct = env.expand([state], 20)[0]
+    assert len({p.text for p in distinct}) == len(distinct) == 20
+
+
+def test_listed_steps_score_each_action_against_every_legal_one_as_the_policy_does():
+    from ponder.train.grpo import ListedSteps
+
+    model, tok = small_tiny_model()
+    policy = HFPolicy(model, tok, seed=0)
+    from ponder.search.env import SearchEnv, State
+
+    problems = GAME24.problems("train")[:2]
+    env = SearchEnv(policy, GAME24)
+    traces = [t for group in env.rollout([State(p) for p in problems], 3, distinct=False) for t in group]
+    owners = [p for p in problems for _ in range(3)]
+    steps = ListedSteps.build(policy, GAME24, owners, traces)
+    assert len(steps.heads) < sum(map(len, traces))  # the root states are scored once per puzzle
+    with torch.no_grad():
+        got = steps.logps(model, tok.pad_token_id, 0.7)
+        part = steps.part(slice(3, 6)).logps(model, tok.pad_token_id, 0.7)
+    for b, (p, t) in enumerate(zip(owners, traces)):
+        for j, step in enumerate(t):
+            legal = GAME24.legal_actions(p, t[:j])
+            lps = torch.tensor(policy.score([policy.render(GAME24, p) + "".join(t[:j])], [legal]).logprobs[0])
+            want = torch.log_softmax(lps / 0.7, -1)[legal.index(GAME24.action_of(step))]
+            assert got[b, j].item() == pytest.approx(want.item(), abs=1e-4)
+        assert (got[b, len(t):] == 0).all()
+    assert torch.allclose(part, got[3:6], atol=1e-5)
+    with pytest.raises(PonderError, match="not one of its state's legal actions"):
+        ListedSteps.build(policy, GAME24, owners[:1], [["13 * 13 = 169 (left: 169)\n"]])
+
+
+def test_listed_grpo_on_game24_draws_only_legal_steps_and_learns_from_the_verifier(tmp_path):
+    """With the task's listed actions every sampled step is legal, so even an untrained model reaches 24 now and
+    then: the verifier's reward alone moves the policy (no critic)."""
+    model, tok = small_tiny_model()
+    policy = HFPolicy(model, tok, seed=0)
+    easy = [p for p in GAME24.problems("train") if solve(GAME24.numbers(p))][:8]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = GRPOConfig(steps=4, problems_per_step=4, group_size=8, updates=2, seed=0)
+    out = train_grpo(policy, GAME24, easy, cfg, tmp_path / "log.jsonl", progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert out["actions"] == "listed" and out["traces"] == 128 and out["tokens_generated"] > 0
+    assert any(r["reward"] > 0 for r in rows) and out["skipped_steps"] < 4
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert any(r["kl"] > 0 for r in rows if not r["skipped"])
+
+
+def test_listed_actions_where_the_task_lists_none_is_a_one_line_error():
+    model, tok = small_tiny_model()
+    task = FirstDigit()
+    with pytest.raises(PonderError, match="--actions listed"):
+        train_grpo(HFPolicy(model, tok), task, task.problems("train"),
+                   GRPOConfig(steps=1, problems_per_step=2, group_size=2, actions="listed"), progress=False)
+    with pytest.raises(PonderError, match="actions"):
+        GRPOConfig(actions="sampled")

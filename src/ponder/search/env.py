@@ -245,13 +245,16 @@ class SearchEnv:
         return self._expand(self._main, states, k, temperature, top_p)
 
     def _expand(self, m: _Model, states: Sequence[State], k: int | Sequence[int], temperature: float,
-                top_p: float) -> list[list[Proposal]]:
+                top_p: float, distinct: bool = True) -> list[list[Proposal]]:
         ks = [k] * len(states) if isinstance(k, int) else list(k)
         if m.lists_actions:
-            return self._expand_listed(m, states, ks, temperature)
+            return self._expand_listed(m, states, ks, temperature, distinct)
         return self._expand_sampled(m, states, ks, temperature, top_p)
 
-    def _expand_listed(self, m: _Model, states: Sequence[State], ks: Sequence[int], temperature: float) -> list[list[Proposal]]:
+    def _expand_listed(self, m: _Model, states: Sequence[State], ks: Sequence[int], temperature: float,
+                       distinct: bool = True) -> list[list[Proposal]]:
+        """k listed actions of each state: distinct ones by Gumbel-top-k, or (``distinct`` False) k independent
+        draws from the policy renormalised over the legal actions at ``temperature`` (repeats allowed)."""
         out: list[list[Proposal]] = [[] for _ in states]
         fresh = self._score_actions(m, states)
         for i, s in enumerate(states):
@@ -259,7 +262,8 @@ class SearchEnv:
             if not legal:
                 continue
             prior = softmax(lps)
-            drawn = gumbel_top_k(lps, ks[i], self.rng, temperature)
+            drawn = gumbel_top_k(lps, ks[i], self.rng, temperature) if distinct else \
+                [gumbel_top_k(lps, 1, self.rng, temperature)[0] for _ in range(ks[i])]
             for a in drawn:
                 text = self.task.observe(s.problem, s.steps, legal[a])
                 if text is None:
@@ -267,8 +271,9 @@ class SearchEnv:
                 out[i].append(Proposal(text, ntok[a], lps[a], prior[a]))
             if i in fresh:
                 # the drawn actions count as generated, as the same steps sampled would; every other token
-                # the scoring pass processed (the prefix once, the actions not drawn) counts as read
-                cost, gen = fresh.pop(i), sum(ntok[a] for a in drawn)
+                # the scoring pass processed (the prefix once, the actions not drawn) counts as read. An action
+                # drawn twice was scored once: its tokens count once, so the total is what the pass processed
+                cost, gen = fresh.pop(i), sum(ntok[a] for a in set(drawn))
                 self.charge([s], [replace(cost, tokens_generated=gen, tokens_read=cost.tokens_read - gen)], m)
         return out
 
@@ -337,11 +342,13 @@ class SearchEnv:
         return self.task.observe(state.problem, state.steps, written.strip()) or written.rstrip() + self.task.step_stop[0]
 
     def rollout(self, states: Sequence[State], k: int, temperature: float = 1.0, top_p: float = 1.0,
-                fast: bool = False, leaf: bool = False) -> list[list[tuple[str, ...]]]:
+                fast: bool = False, leaf: bool = False, distinct: bool = True) -> list[list[tuple[str, ...]]]:
         """k whole continuations of each state to the end of the trace, cut into steps.
 
         Where the task lists actions, each continuation is drawn one step at a time through ``expand``
-        (one scoring call per step for every unfinished continuation, so every step is legal), unless
+        (one scoring call per step for every unfinished continuation, so every step is legal; the continuations
+        at one state take distinct actions where there are enough, or with ``distinct`` False independent
+        draws from the policy over the legal actions, as GRPO needs), unless
         ``fast``: then, as wherever the task observes sampled actions, one step at a time through the
         sampler (the model writes each action, a few tokens, instead of scoring every legal one; an
         action that is not legal ends the rollout with reward 0). Else in one sampler call for the whole
@@ -353,7 +360,7 @@ class SearchEnv:
         """
         m = self._roll if leaf else self._main
         if m.lists_actions or self.task.observes:
-            return self._rollout_stepwise(m, states, k, temperature, top_p, fast and self.task.observes)
+            return self._rollout_stepwise(m, states, k, temperature, top_p, fast and self.task.observes, distinct)
         budget = self.task.max_step_tokens * max(1, self.task.max_steps - min(len(s.steps) for s in states))
         params = SamplingParams(temperature, top_p, budget, stop=())
         out = m.policy.sample([m.prefix(self.task, s) for s in states], k, params)
@@ -361,7 +368,7 @@ class SearchEnv:
         return [[self.finish(s, self.task.split_steps(x.text)) for x in samples] for s, samples in zip(states, out.steps)]
 
     def _rollout_stepwise(self, m: _Model, states: Sequence[State], k: int, temperature: float, top_p: float,
-                          sampled: bool) -> list[list[tuple[str, ...]]]:
+                          sampled: bool, distinct: bool = True) -> list[list[tuple[str, ...]]]:
         rows = [s.steps for s in states for _ in range(k)]
         problems = [s.problem for s in states for _ in range(k)]
         ended: set[int] = set()  # rows whose model ended the trace (a blank step or end-of-sequence)
@@ -378,7 +385,7 @@ class SearchEnv:
             if sampled:
                 step = self._sample(m, uniq, max(map(len, groups.values())), temperature, top_p)
             else:  # each state draws as many steps as it has continuations, so no more are charged as generated
-                step = self._expand(m, uniq, [len(groups[s]) for s in uniq], temperature, top_p)
+                step = self._expand(m, uniq, [len(groups[s]) for s in uniq], temperature, top_p, distinct)
             for s, props in zip(uniq, step):
                 for j, r in enumerate(groups[s]):
                     p = props[j % len(props)] if props else None

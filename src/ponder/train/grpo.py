@@ -12,16 +12,24 @@ search-based loop on the same task, model and compute. Each step:
 2. rewards each trace by the task's verifier (or, given ``critic``, a learned outcome reward model's
    score of the finished trace) and turns the rewards into group-relative advantages
    (``losses.group_advantages``);
-3. scores every token under the policy, the policy that sampled (``pi_old``) and the frozen reference
+3. scores the traces under the policy, the policy that sampled (``pi_old``) and the frozen reference
    (the policy as training began), and takes ``updates`` AdamW steps on ``losses.grpo_loss``. Only the
-   model's own tokens carry loss: the prompt and the task's observations are read, never trained on
+   model's own choices carry loss: the prompt and the task's observations are read, never trained on
    (``Task.segments``, as in supervised fine-tuning).
 
-The traces are drawn from the policy's own token distribution at ``temperature``: where a task lists
-its legal actions, search draws k *distinct* actions by Gumbel-top-k over their renormalised priors;
-GRPO instead needs independent samples from the distribution whose ratio it clips, so the sampler writes
-every action (an illegal one ends its trace with reward 0, a signal GRPO learns from). ``tests/test_grpo.py``
-checks the loss against TRL's on the same batch.
+GRPO needs independent samples from the distribution whose ratio it clips (search, by contrast, draws k
+*distinct* actions by Gumbel-top-k). Which distribution that is, is ``actions``:
+
+- ``listed`` (where the task lists its legal actions and the policy scores them, as search and evaluation
+  do): each step is an independent draw from the policy renormalised over the legal actions,
+  pi(a | s) = softmax_a(log pi(a tokens | s) / T), every step legal; the ratio and the KL are per action
+  over that distribution (a trace's "tokens" in the loss are its actions), scored in one tree-attention
+  row per state (``models.branches``), as expert iteration scores them.
+- ``written``: the sampler writes every action token by token (an illegal one ends its trace with
+  reward 0); the ratio and the KL are per token. On the demo's bootstrap policy, which writes an illegal
+  action about 4 steps in 10, none of 2,560 written traces was verified and GRPO never updated.
+
+``tests/test_grpo.py`` checks the per-token loss against TRL's on the same batch.
 """
 
 from __future__ import annotations
@@ -33,14 +41,15 @@ import random
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Literal, Sequence
 
 import torch
 
 from ..compute import Compute
-from ..config import check_positive, option
+from ..config import check_literals, check_positive, option
 from ..critics import scored
 from ..errors import PonderError
+from ..models.branches import branch_logprobs
 from ..tasks import Problem, Task
 from .losses import group_advantages, grpo_loss
 from .sft import batch_tensors, fp32_master_weights, lr_at
@@ -68,9 +77,15 @@ class GRPOConfig:
     max_step_tokens: int | None = option(None, "most tokens the model writes for one step (default: the task's own)")
     micro_batch: int = option(64, "traces per forward pass; gradients accumulate over the whole batch")
     adv_eps: float = option(1e-4, "eps in A = (r - mean) / (std + eps), TRL's 1e-4")
+    actions: Literal["auto", "listed", "written"] = option(
+        "auto", "how each action is drawn and scored: listed = from the policy renormalised over the task's legal "
+        "actions, the ratio per action (as search and evaluation draw them); written = the model writes it token by "
+        "token, an illegal one ending the trace, the ratio per token; auto = listed where the task lists its actions "
+        "and the policy can score them, else written")
     seed: int = option(0, "seed of problem order and sampling")
 
     def __post_init__(self):
+        check_literals(self)
         if self.group_size is None or self.group_size < 2:
             raise PonderError(f"--group-size must be >= 2 (a trace's advantage compares it with its group), got {self.group_size}")
         if self.beta is None or not self.beta >= 0:
@@ -92,16 +107,66 @@ def token_logps(model, inputs: torch.Tensor, targets: torch.Tensor, temperature:
     return torch.log_softmax(logits.float() / temperature, -1).gather(-1, targets[..., None]).squeeze(-1)  # (B, T)
 
 
-def reference_logps(model) -> Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]:
-    """A function giving token log-probs under ``model`` as it is now, frozen: a PEFT model's base with its
-    adapters switched off (the adapters start at zero, as TRL does), else a copy of the weights."""
+def under_reference(model) -> Callable[[Callable], torch.Tensor]:
+    """A function ``f -> f(model as it is now, frozen)``: a PEFT model's base with its adapters switched off
+    (the adapters start at zero, as TRL does), else a copy of the weights."""
     if hasattr(model, "disable_adapter"):
-        def ref(inputs, targets, temperature):
+        def ref(f):
             with model.disable_adapter():
-                return token_logps(model, inputs, targets, temperature)
+                return f(model)
         return ref
     frozen = copy.deepcopy(model).eval().requires_grad_(False)
-    return lambda inputs, targets, temperature: token_logps(frozen, inputs, targets, temperature)
+    return lambda f: f(frozen)
+
+
+@dataclass
+class ListedSteps:
+    """Traces as listed actions: each distinct state once (its token ids and every legal action's), and for
+    each trace step the state it was taken in and the action's index among that state's legal ones."""
+
+    heads: list[list[int]]  # (states,) prompt + steps so far, token ids
+    conts: list[list[list[int]]]  # (states, legal actions) token ids of each action
+    state: torch.Tensor  # (B, S) the state of trace b's step j (0 past its end)
+    action: torch.Tensor  # (B, S) the index of its action among that state's legal actions
+    mask: torch.Tensor  # (B, S) 1 on the trace's steps
+
+    @classmethod
+    def build(cls, policy, task: Task, problems: Sequence[Problem], traces: Sequence[Sequence[str]]) -> "ListedSteps":
+        index: dict[tuple[Problem, tuple[str, ...]], int] = {}
+        prefixes, legal = [], []
+        width = max(1, max(map(len, traces)))
+        state, action, mask = (torch.zeros(len(traces), width, dtype=torch.long) for _ in range(3))
+        for b, (p, t) in enumerate(zip(problems, traces)):
+            for j, step in enumerate(t):
+                key = (p, tuple(t[:j]))
+                if key not in index:
+                    index[key] = len(prefixes)
+                    prefixes.append(policy.render(task, p) + "".join(t[:j]))
+                    legal.append(task.legal_actions(p, t[:j]))
+                acts, a = legal[index[key]], task.action_of(step)
+                if a not in acts:
+                    raise PonderError(f"GRPO: step {step!r} of a trace of {p.id} is not one of its state's legal actions")
+                state[b, j], action[b, j], mask[b, j] = index[key], acts.index(a), 1
+        tok = policy.tokenizer
+        conts = [[tok(a, add_special_tokens=False)["input_ids"] for a in acts] for acts in legal]
+        return cls(policy.encode(prefixes), conts, state, action, mask)
+
+    def part(self, rows: slice) -> "ListedSteps":
+        """The traces ``rows``, with only the states they pass through."""
+        used = sorted(set(self.state[rows][self.mask[rows].bool()].tolist()))
+        renum = torch.zeros(len(self.heads), dtype=torch.long)
+        renum[used] = torch.arange(len(used))
+        return ListedSteps([self.heads[i] for i in used], [self.conts[i] for i in used], renum[self.state[rows]],
+                           self.action[rows], self.mask[rows])
+
+    def logps(self, model, pad: int, temperature: float = 1.0) -> torch.Tensor:
+        """log pi(a_bj | s_bj) under ``model`` renormalised over each state's legal actions at ``temperature``,
+        differentiable: (B, S), 0 past each trace's end."""
+        per_state = [torch.log_softmax(x / temperature, -1) for x in branch_logprobs(model, self.heads, self.conts, pad)]
+        flat = torch.cat(per_state)  # every legal action of every state, state by state
+        offsets = torch.tensor([0] + [len(x) for x in per_state[:-1]]).cumsum(0).to(flat.device)
+        idx = offsets[self.state.to(flat.device)] + self.action.to(flat.device)  # (B, S)
+        return flat[idx] * self.mask.to(flat.device)
 
 
 def grpo_batch(tokenizer, task: Task, prompts: Sequence[str], traces: Sequence[Sequence[str]], max_len: int, device):
@@ -149,7 +214,11 @@ def train_grpo(policy, task: Task, problems: Sequence[Problem], cfg: GRPOConfig,
         task = copy.copy(task)
         task.max_step_tokens = cfg.max_step_tokens
     env = SearchEnv(policy, task)
-    env.lists_actions = False  # independent samples from the policy itself (see the module docstring)
+    listed = cfg.actions == "listed" or (cfg.actions == "auto" and env.lists_actions)
+    if listed and not env.lists_actions:
+        raise PonderError(f"GRPO --actions listed: task {task.name!r} with this policy cannot list and score its legal "
+                          "actions (free text, or a model that cannot score continuations); use --actions written")
+    env.lists_actions = listed  # written: the model writes each action (see the module docstring)
     env.seed(cfg.seed)
     model, tok = policy.model, policy.tokenizer
     max_len = model.config.max_position_embeddings
@@ -157,7 +226,7 @@ def train_grpo(policy, task: Task, problems: Sequence[Problem], cfg: GRPOConfig,
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     sched = replace(cfg, steps=cfg.steps * cfg.updates)  # lr_at counts optimizer steps
-    ref = reference_logps(model) if cfg.beta else None
+    ref = under_reference(model) if cfg.beta else None
     log = log_path.open("a") if log_path else None
     spent, sample_s, train_s, rows, moved = Compute(), 0.0, 0.0, [], False
     batches = _batches(problems, cfg.problems_per_step, rng)
@@ -168,8 +237,10 @@ def train_grpo(policy, task: Task, problems: Sequence[Problem], cfg: GRPOConfig,
             ts = time.time()
             model.eval()
             with torch.no_grad():
+                # independent draws either way: listed ones from the policy over the legal actions, written ones
+                # by the sampler token by token
                 traces = [t for group in env.rollout([State(p) for p in batch], cfg.group_size, cfg.temperature,
-                                                     cfg.top_p, fast=True) for t in group]
+                                                     cfg.top_p, fast=not listed, distinct=False) for t in group]
             owners = [p for p in batch for _ in range(cfg.group_size)]
             rewards, cost = _rewards(env, critic, owners, traces)
             spent = spent + Compute.total(env.take_compute(p) for p in batch) + cost
@@ -184,13 +255,21 @@ def train_grpo(policy, task: Task, problems: Sequence[Problem], cfg: GRPOConfig,
                 rows.append(_log_row(step, [0.0], [0.0], [0.0], rewards, cfg, opt, spent, t0, log, tracker, skipped=True))
                 train_s += time.time() - ts
                 continue
-            inputs, targets, mask = grpo_batch(tok, task, [env.prompt(p) for p in owners], traces, max_len, model.device)
             parts = [slice(i, i + cfg.micro_batch) for i in range(0, len(traces), cfg.micro_batch)]
+            if listed:  # (b, S) log pi(a | s) over each state's legal actions, one tree-attention row per state
+                listed_steps = ListedSteps.build(policy, task, owners, traces)
+                chunks = [listed_steps.part(s) for s in parts]
+                mask = listed_steps.mask.to(model.device)
+                def logps(mdl, i):
+                    return chunks[i].logps(mdl, tok.pad_token_id, cfg.temperature)
+            else:  # (b, T) log pi(token) of the model's own tokens
+                inputs, targets, mask = grpo_batch(tok, task, [env.prompt(p) for p in owners], traces, max_len, model.device)
+                def logps(mdl, i):
+                    return token_logps(mdl, inputs[parts[i]], targets[parts[i]], cfg.temperature)
             with torch.no_grad():
-                ref_lp = [ref(inputs[s], targets[s], cfg.temperature) for s in parts] if ref else [None] * len(parts)
+                ref_lp = [ref(lambda m: logps(m, i)) for i in range(len(parts))] if ref else [None] * len(parts)
                 # pi_old: the policy that sampled; with one update it is the policy itself (detached below)
-                old_lp = [token_logps(model, inputs[s], targets[s], cfg.temperature) for s in parts] \
-                    if cfg.updates > 1 else [None] * len(parts)
+                old_lp = [logps(model, i) for i in range(len(parts))] if cfg.updates > 1 else [None] * len(parts)
             model.train()
             losses, kls, clips = [], [], []
             for u in range(cfg.updates):
@@ -198,8 +277,8 @@ def train_grpo(policy, task: Task, problems: Sequence[Problem], cfg: GRPOConfig,
                     g["lr"] = lr_at(step * cfg.updates + u, sched)
                 opt.zero_grad(set_to_none=True)
                 total, kl, clip, scored = 0.0, 0.0, 0.0, 0.0
-                for s, rl, ol in zip(parts, ref_lp, old_lp):
-                    lp = token_logps(model, inputs[s], targets[s], cfg.temperature)  # (b, T)
+                for i, (s, rl, ol) in enumerate(zip(parts, ref_lp, old_lp)):
+                    lp = logps(model, i)
                     loss, k, c = grpo_loss(lp, lp.detach() if ol is None else ol, rl, adv[s], mask[s], cfg.epsilon, cfg.beta)
                     share = lp.shape[0] / len(traces)
                     (loss * share).backward()  # the loss is a mean over traces, so shares add up to the batch's
@@ -223,7 +302,7 @@ def train_grpo(policy, task: Task, problems: Sequence[Problem], cfg: GRPOConfig,
         if log:
             log.close()
     tail = rows[-max(1, len(rows) // 4):]
-    return {"steps": cfg.steps, "traces": cfg.steps * cfg.problems_per_step * cfg.group_size,
+    return {"steps": cfg.steps, "actions": "listed" if listed else "written", "traces": cfg.steps * cfg.problems_per_step * cfg.group_size,
             "reward_first": rows[0]["reward"], "reward_last": sum(r["reward"] for r in tail) / len(tail),
             "loss_first": rows[0]["loss"], "loss_last": rows[-1]["loss"], "kl_last": rows[-1]["kl"],
             "tokens_generated": spent.tokens_generated, "tokens_read": spent.tokens_read,
