@@ -20,7 +20,9 @@ action (``4 + 8 =``) and the task writes the observation (`` 12 (left: 1 6 12)``
 multi-turn rollout, which TRL takes through ``rollout_func``. The rollout below samples each action with
 transformers' ``generate`` on TRL's own model (not ponder's sampler), appends the task's observation and
 marks its tokens with ``env_mask = 0``, so TRL trains on the model's tokens only, as ponder does. The reward
-is the task's verifier on the finished trace. Tokens generated (the model's, not the observations) and wall
+is the task's verifier on the finished trace. ponder's GRPO can instead draw each action from the policy over
+the task's listed legal actions (``--actions listed``, its default on Game of 24); TRL cannot, so here every
+action is written (``actions`` is recorded as ``written``). Tokens generated (the model's, not the observations) and wall
 seconds are counted for compute-matched comparisons.
 """
 
@@ -31,6 +33,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -113,6 +116,10 @@ def main(argv=None) -> None:
     add_config_args(ap, GRPOConfig)
     args = ap.parse_args(argv)
     cfg = config_from(GRPOConfig, args)
+    if cfg.actions == "listed":
+        raise SystemExit("bench/grpo_trl.py --actions listed: TRL's rollout writes each action token by token; "
+                         "only ponder's GRPO draws from the task's listed actions (use written or auto)")
+    cfg = replace(cfg, actions="written")  # what this rollout does, recorded as such in summary.json
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is marked experimental
     try:
         import trl
