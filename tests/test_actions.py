@@ -125,30 +125,57 @@ def test_tree_attention_scores_each_continuation_as_if_alone():
             assert g.tolist() == pytest.approx(want, abs=1e-4)
 
 
-def test_tree_attention_fast_pass_matches_transformers_values_and_gradients(monkeypatch):
+def test_tree_attention_fast_passes_match_transformers_values_and_gradients(monkeypatch):
     from ponder.models import branches
 
     model, tok = small_tiny_model(seed=4)
+    # prefixes and continuations of different lengths, and a state with fewer actions: every kind of padding
     prefixes = [tok("4 5 6 10\n")["input_ids"], tok("1 2\n")["input_ids"]]
-    conts = [[tok(a, add_special_tokens=False)["input_ids"] for a in ("4 + 5 =", "10 - 6 =")],
+    conts = [[tok(a, add_special_tokens=False)["input_ids"] for a in ("4 + 5 =", "10 - 6 =", "6 = 6 (left: 4 6)")],
              [tok("1 + 2 =", add_special_tokens=False)["input_ids"]]]
     calls = []
-    real = branches.fast_llama.FastLlama.logits
-    monkeypatch.setattr(branches.fast_llama.FastLlama, "logits", lambda self, *a: calls.append(1) or real(self, *a))
+    fast = branches.fast_llama.FastLlama
+    for name in ("logits", "tree_logprobs"):
+        real = getattr(fast, name)
+        monkeypatch.setattr(fast, name, lambda self, *a, _n=name, _r=real: calls.append(_n) or _r(self, *a))
 
     def run():
         model.zero_grad()
         out = branch_logprobs(model, prefixes, conts, tok.pad_token_id)
+        assert [len(o) for o in out] == [3, 1]
         torch.cat(out).sum().backward()
-        return torch.cat(out).detach(), model.model.layers[0].self_attn.q_proj.weight.grad.clone()
+        with torch.no_grad():
+            scored = torch.cat(branch_logprobs(model, prefixes, conts, tok.pad_token_id))
+        return torch.cat(out).detach(), scored, model.model.layers[0].self_attn.q_proj.weight.grad.clone()
 
-    fast_lp, fast_grad = run()
-    assert calls == [1]  # the fast pass ran
+    fast_lp, fast_scored, fast_grad = run()
+    assert calls == ["logits", "tree_logprobs"]  # training through the mask's pass, scoring in two blocks
     monkeypatch.setattr(branches.fast_llama, "supports", lambda m: False)
-    slow_lp, slow_grad = run()
-    assert calls == [1]  # and now transformers' did
-    assert torch.allclose(fast_lp, slow_lp, atol=1e-5)
+    slow_lp, slow_scored, slow_grad = run()
+    assert len(calls) == 2  # and now transformers' did both
+    assert torch.allclose(fast_lp, slow_lp, atol=1e-5) and torch.allclose(fast_scored, slow_lp, atol=1e-5)
+    assert torch.allclose(slow_scored, slow_lp, atol=1e-6)
     assert fast_grad.abs().sum() > 0 and torch.allclose(fast_grad, slow_grad, atol=1e-5)
+
+
+def test_tree_attention_fast_pass_with_grouped_query_attention():
+    """Query heads sharing a kv head (as SmolLM2's do): each continuation scored as if alone."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=48, intermediate_size=96, num_hidden_layers=2,
+                                         num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=64)).eval()
+    from ponder.models import fast_llama
+
+    assert fast_llama.supports(model)
+    prefixes = [[1, 7, 9, 3, 4], [2, 5]]
+    conts = [[[11, 12], [13, 14, 15, 16], [17]], [[18, 19, 20]]]
+    with torch.no_grad():
+        got = branch_logprobs(model, prefixes, conts, 0)
+        for p, cs, g in zip(prefixes, conts, got):
+            lp = token_logprobs(model, [p + c for c in cs], 0)
+            want = [float(lp[i, len(p) - 1 : len(p) - 1 + len(c)].sum()) for i, c in enumerate(cs)]
+            assert g.tolist() == pytest.approx(want, abs=1e-4)
 
 
 def test_gumbel_top_k_draws_distinct_actions_with_the_right_inclusion_probabilities():

@@ -1,5 +1,5 @@
 """A hand-written forward pass over a loaded ``LlamaForCausalLM``, for the step sampler's decode loop
-and for tree attention's scoring and training pass (``FastLlama.logits``).
+and for tree attention's scoring and training passes (``FastLlama.tree_logprobs``, ``FastLlama.logits``).
 
 Why: with small models (the tiny from-scratch model, SmolLM2-135M) a decode step through
 transformers costs more in per-call overhead (mask building, module dispatch, ``DynamicCache``
@@ -13,6 +13,8 @@ is refused by ``unsupported_reason`` and the sampler uses the transformers forwa
 """
 
 from __future__ import annotations
+
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -181,9 +183,88 @@ class FastLlama:
 
     def logits(self, ids: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Logits (N, T, V) of whole rows read at once, each query attending where mask (N, 1, T, T) is
-        True, with no cache: tree attention's scoring and training pass (``branches``), differentiable."""
+        True, with no cache: tree attention's training pass (``branches``), differentiable."""
         self.t = 0
         return F.linear(self._forward(ids, pos, mask, cache=False), self.lm_head)
+
+    def tree_logprobs(self, prefixes: Sequence[Sequence[int]], conts: Sequence[Sequence[Sequence[int]]]) -> list[torch.Tensor]:
+        """log pi(c | prefix) summed over each continuation's tokens (differentiable, though ``branches``
+        trains through ``logits``, as fast there): tree attention's scoring pass, with no cache.
+
+        Each continuation sees its prefix and its own earlier tokens only, so attention is computed in two
+        blocks instead of one (T, T) mask over prefix + every continuation: the prefix's queries against its
+        own keys, and each continuation's queries against [the prefix's keys, its own keys], one softmax over
+        both. The arithmetic of each score is the same, but the scores computed fall from (n + A m)^2 to
+        n^2 + A m (n + m) for A continuations of m tokens after a prefix of n: for 36 actions of 6 tokens
+        after 40, 5.7x fewer; for whole steps of 14 tokens, 10x fewer."""
+        dev, N = self.device, len(prefixes)
+        A = max(len(cs) for cs in conts)
+        if A == 0:
+            return [torch.zeros(0, device=dev) for _ in conts]
+        n, m = max(map(len, prefixes)), max(len(c) for cs in conts for c in cs)
+        pid = torch.zeros((N, n), dtype=torch.long)
+        cid = torch.zeros((N, A, m), dtype=torch.long)
+        pv = torch.zeros((N, n), dtype=torch.bool)
+        cv = torch.zeros((N, A, m), dtype=torch.bool)
+        for i, (p, cs) in enumerate(zip(prefixes, conts)):
+            pid[i, : len(p)], pv[i, : len(p)] = torch.tensor(p), True
+            for j, c in enumerate(cs):
+                cid[i, j, : len(c)], cv[i, j, : len(c)] = torch.tensor(c), True
+        pid, cid, pv, cv = pid.to(dev), cid.to(dev), pv.to(dev), cv.to(dev)
+        plen = pv.sum(-1)  # (N,)
+        ppos = torch.arange(n, device=dev).expand(N, n)
+        cpos = (plen[:, None] + torch.arange(m, device=dev)).repeat(1, A)  # (N, A*m): positions restart per continuation
+        rope_p, rope_c = self._rope(ppos), self._rope(cpos)
+        eye = torch.eye(n, dtype=torch.bool, device=dev)
+        tril_n, tril_m = eye.cumsum(0).bool(), torch.ones((m, m), dtype=torch.bool, device=dev).tril()
+        # the prefix: causal over its real tokens (a padding query attends to itself, so no row is empty)
+        mask_p = ((tril_n & pv[:, None, :]) | eye)[:, None]  # (N, 1, n, n)
+        # a continuation token: every real prefix token, then its own continuation causally
+        mask_c = torch.cat([pv[:, None, None, :].expand(N, A, m, n), tril_m & cv[:, :, None, :]], -1)[:, None]  # (N, 1, A, m, n+m)
+        xp, xc = F.embedding(pid, self.embed), F.embedding(cid.view(N, A * m), self.embed)
+        for ln1, wq, wk, wv, wo, ln2, wg, wu, wd in self.layers:
+            qp, kp, vp = self._qkv(rms_norm(xp, ln1, self.eps), wq, wk, wv, rope_p)  # (N, heads, n, D)
+            qc, kc, vc = self._qkv(rms_norm(xc, ln1, self.eps), wq, wk, wv, rope_c)  # (N, heads, A*m, D)
+            ap = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=mask_p, scale=self.scale)
+            Hq, D = qc.shape[1], qc.shape[3]
+            # scores against the prefix's keys: one matmul over every continuation token at once
+            scores = torch.cat([(qc @ kp.transpose(-1, -2)).view(N, Hq, A, m, n),
+                                qc.view(N, Hq, A, m, D) @ kc.view(N, Hq, A, m, D).transpose(-1, -2)], -1)
+            # the softmax in float32, as SDPA accumulates it, whatever the weights' dtype
+            w = torch.softmax((scores.float() * self.scale).masked_fill(~mask_c, float("-inf")), -1).to(qc.dtype)  # (N, heads, A, m, n+m)
+            ac = (w[..., :n].reshape(N, Hq, A * m, n) @ vp).view(N, Hq, A, m, D) + w[..., n:] @ vc.view(N, Hq, A, m, D)
+            xp = self._block_out(xp, ap.transpose(1, 2).reshape(N, n, -1), wo, ln2, wg, wu, wd)
+            xc = self._block_out(xc, ac.view(N, Hq, A * m, D).transpose(1, 2).reshape(N, A * m, -1), wo, ln2, wg, wu, wd)
+        hp, hc = rms_norm(xp, self.norm, self.eps), rms_norm(xc, self.norm, self.eps).view(N, A, m, -1)
+        last = hp[torch.arange(N, device=dev), plen - 1]  # (N, H): predicts each continuation's first token
+        pred = torch.cat([last[:, None, None].expand(N, A, 1, last.shape[-1]), hc[:, :, :-1]], 2)  # (N, A, m, H)
+        logits = F.linear(pred, self.lm_head).float()  # (N, A, m, V)
+        lp = logits.gather(-1, cid[..., None])[..., 0] - torch.logsumexp(logits, -1)
+        sums = (lp * cv).sum(-1)  # (N, A)
+        return [sums[i, : len(cs)] for i, cs in enumerate(conts)]
+
+    def _rope(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin (N, 1, T, D) of positions pos (N, T), rounded as transformers' rotary embedding does."""
+        freqs = pos[..., None].float() * self.inv_freq  # (N, T, D/2)
+        emb = torch.cat((freqs, freqs), dim=-1)  # (N, T, D)
+        return (emb.cos() * self.rope_scale).to(self.dtype)[:, None], (emb.sin() * self.rope_scale).to(self.dtype)[:, None]
+
+    def _qkv(self, h: torch.Tensor, wq, wk, wv, rope) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys and values (N, heads, T, D) of normed h (N, T, H), RoPE applied; a kv head is
+        repeated for the query heads that share it (``tree_logprobs``' blocks are small)."""
+        N, T, _ = h.shape
+        cos, sin = rope
+        q = F.linear(h, wq).view(N, T, -1, self.head_dim).transpose(1, 2)
+        k = F.linear(h, wk).view(N, T, -1, self.head_dim).transpose(1, 2)
+        v = F.linear(h, wv).view(N, T, -1, self.head_dim).transpose(1, 2)
+        q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+        return q, k.repeat_interleave(self.groups, 1), v.repeat_interleave(self.groups, 1)
+
+    def _block_out(self, x: torch.Tensor, a: torch.Tensor, wo, ln2, wg, wu, wd) -> torch.Tensor:
+        """The rest of a decoder layer after attention: output projection, residual, MLP, residual."""
+        x = x + F.linear(a, wo)
+        h = rms_norm(x, ln2, self.eps)
+        return x + F.linear(F.silu(F.linear(h, wg)) * F.linear(h, wu), wd)
 
     def _forward(self, ids: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor, cache: bool = True) -> torch.Tensor:
         """Run ids (N, T) at positions pos (N, T) whose keys go to cache columns t..t+T-1, attending
@@ -191,10 +272,7 @@ class FastLlama:
         nothing stored). Returns the normed hidden (N, T, H)."""
         N, T = ids.shape
         S, G, D = self.t + T, self.groups, self.head_dim
-        freqs = pos[..., None].float() * self.inv_freq  # (N, T, D/2)
-        emb = torch.cat((freqs, freqs), dim=-1)  # (N, T, D)
-        cos = (emb.cos() * self.rope_scale).to(self.dtype)[:, None, None]  # (N, 1, 1, T, D)
-        sin = (emb.sin() * self.rope_scale).to(self.dtype)[:, None, None]
+        cos, sin = (t[:, :, None] for t in self._rope(pos))  # (N, 1, 1, T, D)
         # grouped-query attention without repeating keys: the G query heads that share a kv head
         # are stacked along the query axis, so the mask is repeated G times instead
         mask = mask[:, :, None].expand(N, 1, G, T, S).reshape(N, 1, G * T, S)  # (N, 1, G*T, S)
@@ -212,7 +290,5 @@ class FastLlama:
                 k, v = self.k[i, :, :, :S], self.v[i, :, :, :S]
             a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)  # (N, KV, G*T, D)
             a = a.view(N, -1, G, T, D).permute(0, 3, 1, 2, 4).reshape(N, T, -1)  # (N, T, KV*G*D)
-            x = x + F.linear(a, wo)
-            h = rms_norm(x, ln2, self.eps)
-            x = x + F.linear(F.silu(F.linear(h, wg)) * F.linear(h, wu), wd)
+            x = self._block_out(x, a, wo, ln2, wg, wu, wd)
         return rms_norm(x, self.norm, self.eps)
