@@ -1,5 +1,5 @@
 """Tree attention's pass (every legal action of a state scored in one row) in its two forms, timed in one run:
-the (T, T) mask over prefix + every continuation (``branches.pack``, the form transformers runs) against
+the (T, T) mask over prefix + every continuation (``branches.packed_logprobs``, also the training pass) against
 ``FastLlama.tree_logprobs`` (attention in two blocks: the prefix, then each continuation against the prefix's
 keys and its own).
 
@@ -21,24 +21,9 @@ import time
 import torch
 
 from ponder.models import load_policy
-from ponder.models.branches import pack
+from ponder.models.branches import packed_logprobs
 from ponder.models.fast_llama import FastLlama
 from ponder.tasks import get_task
-
-
-def masked_logprobs(model, prefixes, conts, pad):
-    """The (T, T)-mask form: one row per prefix holding it and every continuation (``pack``), run through
-    ``FastLlama``'s forward without a cache; log-probs summed per continuation, as ``branch_logprobs`` did."""
-    ids, pos, allowed, prev, owner = pack(prefixes, conts, pad)
-    fast = FastLlama(model)
-    fast.t = 0
-    logits = torch.nn.functional.linear(fast._forward(ids, pos, allowed, cache=False), fast.lm_head).float()
-    B, T, _ = logits.shape
-    flat = logits.flatten(0, 1)
-    rows = (torch.arange(B)[:, None] * T + prev).flatten()
-    tok = (flat[rows, ids.flatten()] - torch.logsumexp(flat, -1)[rows]).view(B, T)
-    return [torch.zeros(len(cs)).index_add(0, owner[b][owner[b] >= 0], tok[b][owner[b] >= 0])
-            for b, cs in enumerate(conts)]
 
 
 def two_blocks(model, prefixes, conts, pad):
@@ -74,7 +59,7 @@ def main(argv=None) -> None:
     for kind, texts in kinds.items():
         conts = [[tok(t, add_special_tokens=False)["input_ids"] for t in ts] for ts in texts]
         tokens = sum(map(len, prefixes)) + sum(len(c) for cs in conts for c in cs)
-        for form, fn in (("(T, T) mask", masked_logprobs), ("two blocks", two_blocks)):
+        for form, fn in (("(T, T) mask", packed_logprobs), ("two blocks", two_blocks)):
             with torch.no_grad():
                 lp = torch.cat(fn(model, prefixes, conts, tok.pad_token_id))
                 score = best_of(lambda: fn(model, prefixes, conts, tok.pad_token_id), args.repeats)

@@ -57,20 +57,31 @@ def pack(prefixes: Sequence[Sequence[int]], conts: Sequence[Sequence[Sequence[in
     return ids, pos, allowed[:, None], prev, group.clamp(min=-1)
 
 
+def fast_pass(model) -> bool:
+    """Whether ``fast_llama`` can run ``model`` exactly here (not while dropout is on in training)."""
+    return fast_llama.supports(model) and not (model.training and model.config.attention_dropout)
+
+
 def branch_logprobs(model, prefixes: Sequence[Sequence[int]], conts: Sequence[Sequence[Sequence[int]]],
                     pad: int) -> list[torch.Tensor]:
     """log pi(c | prefix) summed over each continuation's tokens, differentiable: one tensor (n_i,) per
-    prefix i, in the order of ``conts[i]``. One forward pass for the whole batch: ``fast_llama``'s where
-    it runs the model exactly (the same arithmetic without transformers' per-call overhead), else
-    transformers' with the mask made additive. Without gradients (scoring) ``fast_llama`` computes
-    attention in two blocks instead of the (T, T) mask (``FastLlama.tree_logprobs``: 1.3-1.4x faster on
-    Game-of-24 states); with them (training) the mask's pass is as fast, so it stays."""
-    fast = fast_llama.supports(model) and not (model.training and model.config.attention_dropout)
-    if fast and not torch.is_grad_enabled():
+    prefix i, in the order of ``conts[i]``. Without gradients (scoring) and where ``fast_llama`` runs the
+    model, attention is computed in two blocks instead of the (T, T) mask (``FastLlama.tree_logprobs``:
+    1.1-1.4x faster on Game-of-24 states); otherwise (training: the mask's pass is as fast there) the rows
+    of ``pack`` under the mask, ``packed_logprobs``."""
+    if fast_pass(model) and not torch.is_grad_enabled():
         return fast_llama.FastLlama(model).tree_logprobs(prefixes, conts)
+    return packed_logprobs(model, prefixes, conts, pad)
+
+
+def packed_logprobs(model, prefixes: Sequence[Sequence[int]], conts: Sequence[Sequence[Sequence[int]]],
+                    pad: int) -> list[torch.Tensor]:
+    """``branch_logprobs`` over ``pack``'s rows and (T, T) mask, in one forward pass: ``fast_llama``'s where it
+    runs the model exactly (the same arithmetic without transformers' per-call overhead), else
+    transformers' with the mask made additive."""
     device = model.device
     ids, pos, allowed, prev, owner = (t.to(device) for t in pack(prefixes, conts, pad))
-    if fast:
+    if fast_pass(model):
         logits = fast_llama.FastLlama(model).logits(ids, pos, allowed)  # (B, T, V)
     else:
         dtype = next(model.parameters()).dtype
