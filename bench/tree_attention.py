@@ -1,7 +1,8 @@
 """Tree attention's pass (every legal action of a state scored in one row) in its two forms, timed in one run:
-the (T, T) mask over prefix + every continuation (``branches.packed_logprobs``, also the training pass) against
-``FastLlama.tree_logprobs`` (attention in two blocks: the prefix, then each continuation against the prefix's
-keys and its own).
+the (T, T) mask over prefix + every continuation (``branches.packed_logprobs``, the pass for models that
+``fast_llama`` cannot run) against ``FastLlama.tree_logprobs`` (attention in two blocks: the prefix, then each
+continuation against the prefix's keys and its own, the continuations in one flat batch; what
+``branch_logprobs`` runs for scoring and training).
 
     python bench/tree_attention.py --model runs/demo/iter-0/policy [--states 64] [--repeats 5]
 
@@ -27,7 +28,7 @@ from ponder.tasks import get_task
 
 
 def two_blocks(model, prefixes, conts, pad):
-    """``FastLlama.tree_logprobs``, called directly (``branch_logprobs`` takes it for scoring only)."""
+    """``FastLlama.tree_logprobs``, called directly."""
     return FastLlama(model).tree_logprobs(prefixes, conts)
 
 

@@ -149,7 +149,7 @@ def test_tree_attention_fast_passes_match_transformers_values_and_gradients(monk
         return torch.cat(out).detach(), scored, model.model.layers[0].self_attn.q_proj.weight.grad.clone()
 
     fast_lp, fast_scored, fast_grad = run()
-    assert calls == ["logits", "tree_logprobs"]  # training through the mask's pass, scoring in two blocks
+    assert calls == ["tree_logprobs", "tree_logprobs"]  # training and scoring in two blocks
     monkeypatch.setattr(branches.fast_llama, "supports", lambda m: False)
     slow_lp, slow_scored, slow_grad = run()
     assert len(calls) == 2  # and now transformers' did both
@@ -168,11 +168,12 @@ def test_tree_attention_fast_pass_with_grouped_query_attention():
     from ponder.models import fast_llama
 
     assert fast_llama.supports(model)
-    prefixes = [[1, 7, 9, 3, 4], [2, 5]]
-    conts = [[[11, 12], [13, 14, 15, 16], [17]], [[18, 19, 20]]]
+    prefixes = [[1, 7, 9, 3, 4], [2, 5], [6, 8, 10]]  # the last state has no continuation to score
+    conts = [[[11, 12], [13, 14, 15, 16], [17]], [[18, 19, 20]], []]
     with torch.no_grad():
         got = branch_logprobs(model, prefixes, conts, 0)
-        for p, cs, g in zip(prefixes, conts, got):
+        assert [len(g) for g in got] == [3, 1, 0]
+        for p, cs, g in zip(prefixes[:2], conts, got):
             lp = token_logprobs(model, [p + c for c in cs], 0)
             want = [float(lp[i, len(p) - 1 : len(p) - 1 + len(c)].sum()) for i, c in enumerate(cs)]
             assert g.tolist() == pytest.approx(want, abs=1e-4)

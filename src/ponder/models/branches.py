@@ -10,9 +10,10 @@ transformers decoder that accepts a 4D float attention mask and position ids (Ll
 models do, the tiny model included).
 
 That mask is (T, T) over the whole row, and most of it is False: a continuation sees none of the others.
-Where ``fast_llama`` runs the model and no gradient is needed, ``FastLlama.tree_logprobs`` computes only
-the scores the mask allows (the prefix against itself, each continuation against the prefix and itself),
-in two blocks, with the same values; ``pack``'s rows remain the form for training and for every other model.
+Where ``fast_llama`` runs the model, ``FastLlama.tree_logprobs`` computes only the scores the mask allows
+(the prefix against itself, each continuation against the prefix and itself), in two blocks, with the same
+values and gradients, and pads no state to the widest one; ``pack``'s rows remain the form for every other
+model.
 """
 
 from __future__ import annotations
@@ -65,20 +66,20 @@ def fast_pass(model) -> bool:
 def branch_logprobs(model, prefixes: Sequence[Sequence[int]], conts: Sequence[Sequence[Sequence[int]]],
                     pad: int) -> list[torch.Tensor]:
     """log pi(c | prefix) summed over each continuation's tokens, differentiable: one tensor (n_i,) per
-    prefix i, in the order of ``conts[i]``. Without gradients (scoring) and where ``fast_llama`` runs the
-    model, attention is computed in two blocks instead of the (T, T) mask (``FastLlama.tree_logprobs``:
-    1.1-1.4x faster on Game-of-24 states); otherwise (training: the mask's pass is as fast there) the rows
+    prefix i, in the order of ``conts[i]``. Where ``fast_llama`` runs the model, attention is computed in two
+    blocks over a flat batch of continuations (``FastLlama.tree_logprobs``: on Game-of-24 states 1.5x faster
+    than the (T, T) mask to score actions, 1.3x to train on them, 2.3-3x for whole steps); otherwise the rows
     of ``pack`` under the mask, ``packed_logprobs``."""
-    if fast_pass(model) and not torch.is_grad_enabled():
+    if fast_pass(model):
         return fast_llama.FastLlama(model).tree_logprobs(prefixes, conts)
     return packed_logprobs(model, prefixes, conts, pad)
 
 
 def packed_logprobs(model, prefixes: Sequence[Sequence[int]], conts: Sequence[Sequence[Sequence[int]]],
                     pad: int) -> list[torch.Tensor]:
-    """``branch_logprobs`` over ``pack``'s rows and (T, T) mask, in one forward pass: ``fast_llama``'s where it
-    runs the model exactly (the same arithmetic without transformers' per-call overhead), else
-    transformers' with the mask made additive."""
+    """``branch_logprobs`` over ``pack``'s rows and (T, T) mask, in one forward pass: transformers' with the
+    mask made additive, or ``fast_llama``'s where it runs the model exactly (the same arithmetic without
+    transformers' per-call overhead; ``bench/tree_attention.py`` sets it against the two blocks)."""
     device = model.device
     ids, pos, allowed, prev, owner = (t.to(device) for t in pack(prefixes, conts, pad))
     if fast_pass(model):

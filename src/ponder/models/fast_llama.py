@@ -1,5 +1,6 @@
 """A hand-written forward pass over a loaded ``LlamaForCausalLM``, for the step sampler's decode loop
-and for tree attention's scoring and training passes (``FastLlama.tree_logprobs``, ``FastLlama.logits``).
+and for tree attention's scoring and training pass (``FastLlama.tree_logprobs``; ``FastLlama.logits`` is its
+(T, T) mask form).
 
 Why: with small models (the tiny from-scratch model, SmolLM2-135M) a decode step through
 transformers costs more in per-call overhead (mask building, module dispatch, ``DynamicCache``
@@ -183,65 +184,63 @@ class FastLlama:
 
     def logits(self, ids: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Logits (N, T, V) of whole rows read at once, each query attending where mask (N, 1, T, T) is
-        True, with no cache: tree attention's training pass (``branches``), differentiable."""
+        True, with no cache, differentiable: tree attention's (T, T) mask form (``branches.packed_logprobs``),
+        which ``bench/tree_attention.py`` times against ``tree_logprobs``."""
         self.t = 0
         return F.linear(self._forward(ids, pos, mask, cache=False), self.lm_head)
 
     def tree_logprobs(self, prefixes: Sequence[Sequence[int]], conts: Sequence[Sequence[Sequence[int]]]) -> list[torch.Tensor]:
-        """log pi(c | prefix) summed over each continuation's tokens (differentiable, though ``branches``
-        trains through ``logits``, as fast there): tree attention's scoring pass, with no cache.
+        """log pi(c | prefix) summed over each continuation's tokens, differentiable: tree attention's
+        scoring and training pass, with no cache.
 
         Each continuation sees its prefix and its own earlier tokens only, so attention is computed in two
         blocks instead of one (T, T) mask over prefix + every continuation: the prefix's queries against its
         own keys, and each continuation's queries against [the prefix's keys, its own keys], one softmax over
         both. The arithmetic of each score is the same, but the scores computed fall from (n + A m)^2 to
         n^2 + A m (n + m) for A continuations of m tokens after a prefix of n: for 36 actions of 6 tokens
-        after 40, 5.7x fewer; for whole steps of 14 tokens, 10x fewer."""
+        after 40, 5.7x fewer; for whole steps of 14 tokens, 10x fewer.
+
+        The continuations of every prefix lie in one flat batch (C, m), each reading its prefix's keys and
+        values by index, so a call that mixes states with 36 legal actions and states with 6 (as MCTS's do)
+        pads no state to the widest one."""
         dev, N = self.device, len(prefixes)
-        A = max(len(cs) for cs in conts)
-        if A == 0:
+        counts = [len(cs) for cs in conts]
+        flat = [c for cs in conts for c in cs]
+        if not flat:
             return [torch.zeros(0, device=dev) for _ in conts]
-        n, m = max(map(len, prefixes)), max(len(c) for cs in conts for c in cs)
-        pid = torch.zeros((N, n), dtype=torch.long)
-        cid = torch.zeros((N, A, m), dtype=torch.long)
-        pv = torch.zeros((N, n), dtype=torch.bool)
-        cv = torch.zeros((N, A, m), dtype=torch.bool)
-        for i, (p, cs) in enumerate(zip(prefixes, conts)):
-            pid[i, : len(p)], pv[i, : len(p)] = torch.tensor(p), True
-            for j, c in enumerate(cs):
-                cid[i, j, : len(c)], cv[i, j, : len(c)] = torch.tensor(c), True
-        pid, cid, pv, cv = pid.to(dev), cid.to(dev), pv.to(dev), cv.to(dev)
-        plen = pv.sum(-1)  # (N,)
-        ppos = torch.arange(n, device=dev).expand(N, n)
-        cpos = (plen[:, None] + torch.arange(m, device=dev)).repeat(1, A)  # (N, A*m): positions restart per continuation
-        rope_p, rope_c = self._rope(ppos), self._rope(cpos)
+        C, n, m = len(flat), max(map(len, prefixes)), max(map(len, flat))
+        pid = torch.tensor([list(p) + [0] * (n - len(p)) for p in prefixes], dtype=torch.long, device=dev)  # (N, n)
+        cid = torch.tensor([list(c) + [0] * (m - len(c)) for c in flat], dtype=torch.long, device=dev)  # (C, m)
+        plen = torch.tensor([len(p) for p in prefixes], device=dev)  # (N,)
+        clen = torch.tensor([len(c) for c in flat], device=dev)  # (C,)
+        owner = torch.repeat_interleave(torch.arange(N, device=dev), torch.tensor(counts, device=dev))  # (C,)
+        ar_n, ar_m = torch.arange(n, device=dev), torch.arange(m, device=dev)
+        pv, cv = ar_n < plen[:, None], ar_m < clen[:, None]  # (N, n), (C, m): real tokens
+        rope_p = self._rope(ar_n.expand(N, n))
+        rope_c = self._rope(plen[owner][:, None] + ar_m)  # (C, m): each continuation starts after its prefix
         eye = torch.eye(n, dtype=torch.bool, device=dev)
-        tril_n, tril_m = eye.cumsum(0).bool(), torch.ones((m, m), dtype=torch.bool, device=dev).tril()
         # the prefix: causal over its real tokens (a padding query attends to itself, so no row is empty)
-        mask_p = ((tril_n & pv[:, None, :]) | eye)[:, None]  # (N, 1, n, n)
-        # a continuation token: every real prefix token, then its own continuation causally
-        mask_c = torch.cat([pv[:, None, None, :].expand(N, A, m, n), tril_m & cv[:, :, None, :]], -1)[:, None]  # (N, 1, A, m, n+m)
-        xp, xc = F.embedding(pid, self.embed), F.embedding(cid.view(N, A * m), self.embed)
+        mask_p = ((eye.cumsum(0).bool() & pv[:, None, :]) | eye)[:, None]  # (N, 1, n, n)
+        # a continuation token: every real token of its prefix, then its own continuation causally
+        tril_m = torch.ones((m, m), dtype=torch.bool, device=dev).tril()
+        mask_c = torch.cat([pv[owner][:, None, :].expand(C, m, n), tril_m & cv[:, None, :]], -1)[:, None]  # (C, 1, m, n+m)
+        xp, xc = F.embedding(pid, self.embed), F.embedding(cid, self.embed)
         for ln1, wq, wk, wv, wo, ln2, wg, wu, wd in self.layers:
             qp, kp, vp = self._qkv(rms_norm(xp, ln1, self.eps), wq, wk, wv, rope_p)  # (N, heads, n, D)
-            qc, kc, vc = self._qkv(rms_norm(xc, ln1, self.eps), wq, wk, wv, rope_c)  # (N, heads, A*m, D)
+            qc, kc, vc = self._qkv(rms_norm(xc, ln1, self.eps), wq, wk, wv, rope_c)  # (C, heads, m, D)
             ap = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=mask_p, scale=self.scale)
-            Hq, D = qc.shape[1], qc.shape[3]
-            # scores against the prefix's keys: one matmul over every continuation token at once
-            scores = torch.cat([(qc @ kp.transpose(-1, -2)).view(N, Hq, A, m, n),
-                                qc.view(N, Hq, A, m, D) @ kc.view(N, Hq, A, m, D).transpose(-1, -2)], -1)
+            kpo, vpo = kp[owner], vp[owner]  # (C, heads, n, D): each continuation's prefix
+            scores = torch.cat([qc @ kpo.transpose(-1, -2), qc @ kc.transpose(-1, -2)], -1)  # (C, heads, m, n+m)
             # the softmax in float32, as SDPA accumulates it, whatever the weights' dtype
-            w = torch.softmax((scores.float() * self.scale).masked_fill(~mask_c, float("-inf")), -1).to(qc.dtype)  # (N, heads, A, m, n+m)
-            ac = (w[..., :n].reshape(N, Hq, A * m, n) @ vp).view(N, Hq, A, m, D) + w[..., n:] @ vc.view(N, Hq, A, m, D)
+            w = torch.softmax((scores.float() * self.scale).masked_fill(~mask_c, float("-inf")), -1).to(qc.dtype)
+            ac = w[..., :n] @ vpo + w[..., n:] @ vc  # (C, heads, m, D)
             xp = self._block_out(xp, ap.transpose(1, 2).reshape(N, n, -1), wo, ln2, wg, wu, wd)
-            xc = self._block_out(xc, ac.view(N, Hq, A * m, D).transpose(1, 2).reshape(N, A * m, -1), wo, ln2, wg, wu, wd)
-        hp, hc = rms_norm(xp, self.norm, self.eps), rms_norm(xc, self.norm, self.eps).view(N, A, m, -1)
-        last = hp[torch.arange(N, device=dev), plen - 1]  # (N, H): predicts each continuation's first token
-        pred = torch.cat([last[:, None, None].expand(N, A, 1, last.shape[-1]), hc[:, :, :-1]], 2)  # (N, A, m, H)
-        logits = F.linear(pred, self.lm_head).float()  # (N, A, m, V)
+            xc = self._block_out(xc, ac.transpose(1, 2).reshape(C, m, -1), wo, ln2, wg, wu, wd)
+        hp, hc = rms_norm(xp, self.norm, self.eps), rms_norm(xc, self.norm, self.eps)  # (N, n, H), (C, m, H)
+        last = hp[torch.arange(N, device=dev), plen - 1][owner]  # (C, H): predicts each continuation's first token
+        logits = F.linear(torch.cat([last[:, None], hc[:, :-1]], 1), self.lm_head).float()  # (C, m, V)
         lp = logits.gather(-1, cid[..., None])[..., 0] - torch.logsumexp(logits, -1)
-        sums = (lp * cv).sum(-1)  # (N, A)
-        return [sums[i, : len(cs)] for i, cs in enumerate(conts)]
+        return list((lp * cv).sum(-1).split(counts))  # (C,) -> one tensor per prefix
 
     def _rope(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin (N, 1, T, D) of positions pos (N, T), rounded as transformers' rotary embedding does."""
