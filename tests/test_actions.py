@@ -219,6 +219,23 @@ def test_listed_expansion_gives_k_distinct_legal_steps_with_exact_priors():
     assert not SearchEnv(HFPolicy(model, tok), Game24(free_text=True)).lists_actions
 
 
+def test_listed_whole_steps_are_their_own_observation_and_the_prior_reads_them():
+    task, p = get_task("game24", listed="step"), puzzle(4, 5, 6, 10)
+    acts = task.legal_actions(p, [])
+    assert acts == [TASK.observe(p, [], a) for a in TASK.legal_actions(p, [])]  # the same moves, each written whole
+    assert all(task.observe(p, [], a) == a and task.action_of(a) == a for a in acts)
+    assert task.observe(p, [], "4 + 5 = 10 (left: 6 10 10)\n") is None  # wrong arithmetic is not a legal step
+    model, tok = small_tiny_model(seed=1)
+    env = SearchEnv(HFPolicy(model, tok), task)
+    [props] = env.expand([State(p)], k=6)
+    assert len({x.text for x in props}) == 6 and {x.text for x in props} <= set(acts)
+    scores = env.policy.score([env.prefix(State(p))], [acts])
+    exact = dict(zip(acts, softmax(scores.logprobs[0])))
+    assert all(x.prior == pytest.approx(exact[x.text]) for x in props)
+    with pytest.raises(PonderError, match="listed must be 'action' or 'step'"):
+        get_task("countdown", listed="steps")
+
+
 def test_every_search_method_takes_only_legal_steps_with_listed_actions():
     model, tok = small_tiny_model(seed=2)
     policy = HFPolicy(model, tok)

@@ -49,7 +49,9 @@ def _add_task_option_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task-option", action="append", default=[], metavar="KEY=VALUE",
                    help="one of the task's own knobs, repeatable: countdown takes n_numbers, min_number, max_number, "
                         "min_target, max_target, test_size, validation_size (e.g. --task-option n_numbers=5); "
-                        "arithmetic operands, digits, seed, n_test, n_train")
+                        "arithmetic operands, digits, seed, n_test, n_train; game24 and countdown listed=action|step "
+                        "(what the policy's prior over the listed actions reads: the operation, or the whole step "
+                        "with the numbers it leaves)")
 
 
 def _task(args):

@@ -46,7 +46,7 @@ from typing import Any, Sequence
 
 from ..errors import PonderError, choice
 from .base import Problem, Split, read_jsonl
-from .game24 import NumberGame, random_play, reachable
+from .game24 import NumberGame, check_listed, random_play, reachable
 
 #: a problem's bucket is one of this many shares of the problem space; bucket 0 is test, 1 validation
 BUCKETS = 16
@@ -108,7 +108,7 @@ class Countdown(NumberGame):
 
     def __init__(self, data: str | Path | None = None, free_text: bool = False, n_numbers: int = 4, min_number: int = 1,
                  max_number: int = 99, min_target: int = 10, max_target: int = 100, test_size: int = 1000,
-                 validation_size: int = 200):
+                 validation_size: int = 200, listed: str = "action"):
         knobs = {"n_numbers": n_numbers, "min_number": min_number, "max_number": max_number, "min_target": min_target,
                  "max_target": max_target, "test_size": test_size, "validation_size": validation_size}
         for knob, value in knobs.items():
@@ -125,7 +125,7 @@ class Countdown(NumberGame):
         self.n_numbers, self.min_number, self.max_number = n_numbers, min_number, max_number
         self.min_target, self.max_target = min_target, max_target
         self.sizes = {"test": test_size, "validation": validation_size, "train": test_size}
-        self.free_text = free_text
+        self.free_text, self.listed = free_text, check_listed(listed)
         # whole intermediate results up to ten times the largest number or target: room for 99 * 9 - 97
         self.trace_max_value = 10 * max(max_number, max_target)
         self.data = Path(data) if data else None

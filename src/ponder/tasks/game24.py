@@ -196,6 +196,13 @@ def random_play(nums: Sequence[int | Fraction], rng: random.Random,
     return play
 
 
+def check_listed(listed: str) -> str:
+    """``listed`` if it is ``action`` or ``step`` (``NumberGame.listed``), else a one-line error."""
+    if listed not in ("action", "step"):
+        raise PonderError(f"task option listed must be 'action' or 'step', got {listed!r}")
+    return listed
+
+
 def puzzle_key(numbers: Sequence[int | Fraction]) -> tuple[int, ...]:
     return tuple(sorted(int(x) for x in numbers))
 
@@ -209,6 +216,11 @@ class NumberGame(Task):
     votable = False
     checkable = True
     action_stop = ("=",)
+    #: what each listed action is, so what the policy's prior over them reads (``--task-option listed=step``):
+    #: ``action``, the operation (``4 + 8 =``, the task writes the rest), or ``step``, the whole step with its
+    #: observation (``4 + 8 = 12 (left: 1 6 12)``: the prior reads the numbers the action leaves; on the first
+    #: choice 51% against 32% on unseen puzzles with the same training, BENCHMARKS.md). Free text lists nothing.
+    listed = "action"
     #: ``random_trace`` (the bootstrap's random legal play) keeps to whole results in [0, this]
     trace_max_value = 100
 
@@ -295,6 +307,8 @@ class NumberGame(Task):
                     if (op in "+*" and (a, b) != (numbers[i], numbers[j])) or (op == "/" and b == 0):
                         continue
                     out.setdefault(f"{fmt(a)} {op} {fmt(b)} =", None)
+        if self.listed == "step":
+            return [self.observe(problem, steps, a) for a in out]
         return list(out)
 
     def step_text(self, a: Fraction, op: str, b: Fraction, left: Sequence[Fraction]) -> str:
@@ -303,9 +317,13 @@ class NumberGame(Task):
         return format_step(a, op, b, sorted(left) if self.observes else left)
 
     def observe(self, problem: Problem, steps: Sequence[str], action: str) -> str | None:
-        """``6 + 8 =`` -> ``6 + 8 = 14 (left: 1 4 14)\n`` where both operands are left; None if not."""
-        m = _ACTION.match(action)
+        """``6 + 8 =`` -> ``6 + 8 = 14 (left: 1 4 14)\n`` where both operands are left; None if not. With
+        ``listed = "step"`` a whole listed step is its own observation: itself where it is legal, else None."""
         numbers = replay(self.numbers(problem), steps)
+        if self.listed == "step" and _STEP.match(action):
+            legal = numbers is not None and apply_step(numbers, action) is not None
+            return action.rstrip("\n") + "\n" if legal else None
+        m = _ACTION.match(action)
         if m is None or numbers is None:
             return None
         try:
@@ -320,7 +338,10 @@ class NumberGame(Task):
 
     def action_of(self, step: str) -> str:
         """``4 + 8 = 12 (left: 1 6 12)\n`` -> ``4 + 8 =``: the model's part ends with its action stop, so
-        that no action is a prefix of another (``1 + 1 =`` and ``1 + 13 =``) and the priors sum to one."""
+        that no action is a prefix of another (``1 + 1 =`` and ``1 + 13 =``) and the priors sum to one. With
+        ``listed = "step"`` the whole step is the action."""
+        if self.listed == "step":
+            return step
         i = step.find("=")
         return step if i < 0 else step[: i + 1]
 
@@ -346,8 +367,8 @@ class Game24(NumberGame):
     train_ranks = (1, 900)
     test_ranks = (901, 1000)
 
-    def __init__(self, data: str | Path | None = None, free_text: bool = False):
-        self.free_text = free_text
+    def __init__(self, data: str | Path | None = None, free_text: bool = False, listed: str = "action"):
+        self.free_text, self.listed = free_text, check_listed(listed)
         self.data = Path(data) if data else None
         self._rows = self._load(self.data)
 
