@@ -148,9 +148,11 @@ def test_bad_knobs_are_one_line_errors(options, message):
     assert "\n" not in str(e.value)
 
 
-def test_a_task_without_knobs_says_so():
-    with pytest.raises(PonderError, match="task 'game24' has no option 'n_numbers'; it takes none"):
+def test_an_unknown_task_option_names_those_the_task_takes():
+    with pytest.raises(PonderError, match="task 'game24' has no option 'n_numbers'; its options: listed"):
         get_task("game24", n_numbers=5)
+    with pytest.raises(PonderError, match="task 'gsm8k' has no option 'n_numbers'; it takes none"):
+        get_task("gsm8k", n_numbers=5)
 
 
 def test_task_options_are_read_as_yaml_and_checked():
