@@ -40,29 +40,12 @@ from pathlib import Path
 from ponder.io import read_rows
 from ponder.models import load_policy
 from ponder.tasks import Problem
-from ponder.tasks.game24 import Game24, apply_step, format_step, replay
+from ponder.tasks.game24 import Game24, format_step, replay
 from ponder.train.expert import ExpertConfig, train_expert
 
 sys.path.insert(0, str(Path(__file__).parent))
 from expert_probe import greedy_solve  # noqa: E402
 from ladder import greedy_by_depth  # noqa: E402
-
-
-class WholeSteps(Game24):
-    """Game of 24 whose listed actions are whole steps, observation included: the policy scores
-    ``4 + 8 = 12 (left: 1 6 12)`` rather than ``4 + 8 =``."""
-
-    def legal_actions(self, problem, steps):
-        return [super(WholeSteps, self).observe(problem, steps, a) for a in super().legal_actions(problem, steps)]
-
-    def observe(self, problem, steps, action):
-        numbers = replay(self.numbers(problem), steps)
-        if numbers is not None and apply_step(numbers, action) is not None:
-            return action if action.endswith("\n") else action + "\n"
-        return super().observe(problem, steps, action)
-
-    def action_of(self, step):
-        return step
 
 
 class CopiedLeft(Game24):
@@ -212,7 +195,7 @@ def main(argv=None) -> None:
     ap.add_argument("--copied-left", action="store_true",
                     help="observations list the numbers left unsorted, as before (the task now sorts them)")
     args = ap.parse_args(argv)
-    task = WholeSteps() if args.score == "step" else CopiedLeft() if args.copied_left else Game24()
+    task = Game24(listed="step") if args.score == "step" else CopiedLeft() if args.copied_left else Game24()
     val = task.imagine(100, seed=args.seed * 7919 + 1)  # the loop's validation puzzles (loop.imagine.held_out)
     held = {p.question for p in val}
     pool = (task.imagine(args.puzzles + 200, seed=args.seed * 7919 + 2) if args.max_number == 13

@@ -301,14 +301,14 @@ class NumberGame(Task):
         if numbers is None or len(numbers) <= 1 or len(steps) >= self.max_steps:
             return []
         out: dict[str, None] = {}
+        whole = self.listed == "step"  # each action written with its observation, as ``observe`` writes it
         for i, j in itertools.combinations(range(len(numbers)), 2):
+            rest = [x for k, x in enumerate(numbers) if k not in (i, j)]
             for a, b in ((numbers[i], numbers[j]), (numbers[j], numbers[i])):
                 for op in OPS:
                     if (op in "+*" and (a, b) != (numbers[i], numbers[j])) or (op == "/" and b == 0):
                         continue
-                    out.setdefault(f"{fmt(a)} {op} {fmt(b)} =", None)
-        if self.listed == "step":
-            return [self.observe(problem, steps, a) for a in out]
+                    out.setdefault(self.step_text(a, op, b, rest + [apply(a, op, b)]) if whole else f"{fmt(a)} {op} {fmt(b)} =", None)
         return list(out)
 
     def step_text(self, a: Fraction, op: str, b: Fraction, left: Sequence[Fraction]) -> str:
